@@ -1,0 +1,54 @@
+"""`python -m pipeline <stage>`: one command per DVC stage, each reading params.yaml.
+
+Params are validated before any work starts; a bad value prints one line and exits with code 2.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import typer
+
+from . import params as params_mod
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Stages of the wavelet-token pipeline (dvc.yaml runs these).")
+ParamsOption = typer.Option(Path("params.yaml"), "--params", help="params file to read")
+
+
+def stage(func):
+    """Turn the errors a user can act on into one line on stderr and a non-zero exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except params_mod.ParamError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise typer.Exit(2) from None
+        except (RuntimeError, ValueError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.command()
+@stage
+def download(params: Path = ParamsOption) -> None:
+    """Fetch and verify the dataset's IDX files into data/raw/<dataset>/."""
+    from . import download as stage_mod
+
+    p = params_mod.load(params)
+    stage_mod.run(p.dataset)
+
+
+@app.command()
+@stage
+def dwt(params: Path = ParamsOption) -> None:
+    """DWT of every image into data/dwt/, with a perfect-reconstruction check."""
+    from . import dwt as stage_mod
+
+    p = params_mod.load(params, ("dwt",))
+    stage_mod.run(p.dataset, p.wavelet, p.dwt.limit)

@@ -1,0 +1,37 @@
+"""IDX files (the MNIST container format) and the decoded arrays the pipeline stores."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "test")
+
+# IDX type codes (third byte of the magic number) to numpy dtypes; all multi-byte values are big-endian.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def parse_idx(data: bytes) -> np.ndarray:
+    """Decode the bytes of an (uncompressed) IDX file into an array."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"not an IDX file: magic bytes {data[:4].hex()}")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise ValueError(f"IDX file of shape {shape} should be {expected} bytes, got {len(data)}")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def raw_dir(dataset: str, root: str | Path = "data/raw") -> Path:
+    return Path(root) / dataset
+
+
+def load_split(dataset: str, split: str, root: str | Path = "data/raw") -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W) uint8 and labels (N,) int16 of one split, as written by the download stage."""
+    folder = raw_dir(dataset, root)
+    images = np.load(folder / f"{split}_images.npy")
+    labels = np.load(folder / f"{split}_labels.npy")
+    return images, labels

@@ -1,0 +1,158 @@
+"""params.yaml: loading and validation, in one place.
+
+Each stage asks for the groups it reads; every value is checked before any work starts, and a
+bad value raises ParamError, which the CLI prints as one line and turns into exit code 2.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATASETS = ("mnist", "fashion_mnist")
+TOKENIZER_METHODS = ("zeroblock", "zerotree")
+INITIAL_THRESHOLDS = ("per_image", "uniform")
+
+
+class ParamError(ValueError):
+    """A value in params.yaml that is not allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"params.yaml: {key}={value!r} is not allowed; expected {allowed}")
+
+
+def _discrete_wavelets() -> list[str]:
+    import pywt
+
+    return pywt.wavelist(kind="discrete")
+
+
+def _check_int(key: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
+    bounds = f"an integer{'' if lo is None else f' >= {lo}'}{'' if hi is None else f' <= {hi}'}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParamError(key, value, bounds)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ParamError(key, value, bounds)
+    return value
+
+
+def _check_float(key: str, value: Any, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False) -> float:
+    op = ">" if lo_open else ">="
+    bounds = f"a number{'' if lo is None else f' {op} {lo}'}{'' if hi is None else f' <= {hi}'}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ParamError(key, value, bounds)
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise ParamError(key, value, bounds)
+    if hi is not None and value > hi:
+        raise ParamError(key, value, bounds)
+    return float(value)
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> str:
+    if value not in choices:
+        raise ParamError(key, value, "one of " + ", ".join(choices))
+    return value
+
+
+def _check_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ParamError(key, value, "true or false")
+    return value
+
+
+def _check_limit(key: str, value: Any) -> int | None:
+    """A count of images to keep, or null for all of them."""
+    if value is None:
+        return None
+    return _check_int(key, value, lo=1)
+
+
+def _group(raw: dict, name: str) -> dict:
+    group = raw.get(name)
+    if not isinstance(group, dict):
+        raise ParamError(name, group, "a mapping of the group's keys (see params.yaml in the repository)")
+    return group
+
+
+def _build(cls, raw: dict, name: str):
+    """Instantiate a group dataclass, refusing unknown and missing keys (typos must not pass)."""
+    group = _group(raw, name)
+    known = {f.name for f in fields(cls)}
+    for key in group:
+        if key not in known:
+            raise ParamError(f"{name}.{key}", group[key], "no such key; known keys: " + ", ".join(sorted(known)))
+    missing = known - set(group)
+    if missing:
+        key = sorted(missing)[0]
+        raise ParamError(f"{name}.{key}", None, "a value (the key is missing)")
+    obj = cls(**group)
+    obj.validate(name)
+    return obj
+
+
+@dataclass(frozen=True)
+class DwtParams:
+    limit: int | None  # keep the first N images of each split (null: all); for quick runs and CI
+
+    def validate(self, g: str) -> None:
+        _check_limit(f"{g}.limit", self.limit)
+
+
+@dataclass(frozen=True)
+class TokenizerParams:
+    method: str
+    final_exponent: int
+    initial_threshold: str
+    shard_size: int
+
+    def validate(self, g: str) -> None:
+        _check_choice(f"{g}.method", self.method, TOKENIZER_METHODS)
+        # Below 2^-12 the planes stop carrying information for 8-bit images, and above 2^3 the
+        # first plane (threshold 8 for uniform thresholds) is already the last.
+        _check_int(f"{g}.final_exponent", self.final_exponent, lo=-12, hi=3)
+        _check_choice(f"{g}.initial_threshold", self.initial_threshold, INITIAL_THRESHOLDS)
+        _check_int(f"{g}.shard_size", self.shard_size, lo=1)
+
+
+@dataclass(frozen=True)
+class Params:
+    dataset: str
+    wavelet: str
+    groups: dict
+
+    @property
+    def dwt(self) -> DwtParams:
+        return self.groups["dwt"]
+
+    @property
+    def tokenizer(self) -> TokenizerParams:
+        return self.groups["tokenizer"]
+
+
+GROUPS = {
+    "dwt": DwtParams,
+    "tokenizer": TokenizerParams,
+}
+
+
+def load(path: str | Path = "params.yaml", groups: tuple[str, ...] = ()) -> Params:
+    """Read params.yaml and validate the top-level keys plus the named groups."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamError("params file", str(path), "an existing YAML file") from None
+    if not isinstance(raw, dict):
+        raise ParamError("params file", str(path), "a YAML mapping")
+    dataset = _check_choice("dataset", raw.get("dataset"), DATASETS)
+    wavelet = raw.get("wavelet")
+    valid_wavelets = _discrete_wavelets()
+    if wavelet not in valid_wavelets:
+        raise ParamError("wavelet", wavelet, "a discrete PyWavelets wavelet: " + ", ".join(valid_wavelets))
+    built = {name: _build(GROUPS[name], raw, name) for name in groups}
+    return Params(dataset=dataset, wavelet=wavelet, groups=built)

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline import download
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No public servers or system packages: only the mirror a test sets up counts."""
+    monkeypatch.setattr(download, "PUBLIC_URLS", {name: [] for name in download.PUBLIC_URLS})
+    monkeypatch.setattr(download, "DEBIAN_DIRS", {})
+
+
+def test_mirror_gives_verified_arrays(mnist_raw):
+    folder = mnist_raw / "mnist"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "test_images.npy", "test_labels.npy", "train_images.npy", "train_labels.npy"]
+    train = np.load(folder / "train_images.npy")
+    labels = np.load(folder / "train_labels.npy")
+    assert train.shape == (60000, 28, 28) and train.dtype == np.uint8
+    assert labels.shape == (60000,) and set(np.unique(labels)) == set(range(10))
+    assert np.load(folder / "test_images.npy").shape == (10000, 28, 28)
+    assert np.bincount(labels)[1] == 6742  # the canonical count of ones in MNIST train
+
+
+def test_corrupted_mirror_file_is_rejected_and_nothing_left(tmp_path, mirror, monkeypatch, offline):
+    bad = tmp_path / "mirror" / "mnist"
+    shutil.copytree(mirror / "mnist", bad)
+    name = "t10k-labels-idx1-ubyte"
+    content = bytearray(gzip.decompress((bad / f"{name}.gz").read_bytes()))
+    content[100] ^= 1
+    (bad / f"{name}.gz").write_bytes(gzip.compress(bytes(content)))
+    monkeypatch.setenv(download.MIRROR_ENV, str(tmp_path / "mirror"))
+    out = tmp_path / "raw"
+    with pytest.raises(download.ChecksumError) as error:
+        download.run("mnist", out)
+    message = str(error.value)
+    assert name in message and download.SHA256["mnist"][name] in message
+    import hashlib
+    assert hashlib.sha256(bytes(content)).hexdigest() in message
+    assert not out.exists() or list(out.rglob("*")) == []
+
+
+def test_no_source_lists_what_was_tried(tmp_path, monkeypatch, offline):
+    monkeypatch.setenv(download.MIRROR_ENV, str(tmp_path / "empty"))
+    with pytest.raises(download.DownloadError) as error:
+        download.run("fashion_mnist", tmp_path / "raw")
+    message = str(error.value)
+    assert str(tmp_path / "empty" / "fashion-mnist") in message
+    assert download.MIRROR_ENV in message
+    assert not (tmp_path / "raw" / "fashion_mnist").exists()
+
+
+def test_uncompressed_files_and_fashion_mnist(tmp_path, mirror, monkeypatch, offline):
+    # Laid out like Debian's dataset-fashion-mnist: plain IDX files are accepted as well as .gz.
+    plain = tmp_path / "debian"
+    plain.mkdir()
+    for gz in (mirror / "fashion-mnist").glob("*.gz"):
+        (plain / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
+    monkeypatch.delenv(download.MIRROR_ENV, raising=False)
+    monkeypatch.setattr(download, "DEBIAN_DIRS", {"fashion_mnist": [str(plain)]})
+    folder = download.run("fashion_mnist", tmp_path / "raw")
+    assert np.load(folder / "test_labels.npy").shape == (10000,)
+
+
+def test_sources_order(monkeypatch):
+    monkeypatch.setenv(download.MIRROR_ENV, "https://example.org/datasets/")
+    found = [s.location for s in download.sources("fashion_mnist")]
+    assert found[0] == "https://example.org/datasets/fashion-mnist"
+    assert found[1] == "/usr/share/datasets/fashion-mnist"
+    assert found[2:] == download.PUBLIC_URLS["fashion_mnist"]

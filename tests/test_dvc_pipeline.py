@@ -1,0 +1,55 @@
+"""The real `dvc repro` / `dvc exp run` on a temporary copy of the repository (small subset)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import repo_copy
+
+pytestmark = pytest.mark.slow
+
+
+def dvc(repo: Path, *args: str, mirror: Path) -> str:
+    env = dict(os.environ, WAVELET_DATA_MIRROR=str(mirror),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def small_repo(tmp_path_factory) -> Path:
+    repo = repo_copy(tmp_path_factory.mktemp("repo"))
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["dwt"]["limit"] = 200
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "small"],
+                   cwd=repo, check=True)
+    return repo
+
+
+def test_repro_download_dwt_then_noop(small_repo, mirror):
+    dvc(small_repo, "repro", "dwt", mirror=mirror)
+    assert (small_repo / "data/raw/mnist/train_images.npy").is_file()
+    metrics = json.loads((small_repo / "reports/dwt.json").read_text())
+    assert metrics["train"]["images"] == 200 and metrics["train"]["max_reconstruction_error"] < 1e-9
+    again = dvc(small_repo, "repro", "dwt", mirror=mirror)
+    assert "didn't change" in again or "up to date" in again
+    assert "Running stage" not in again
+
+
+def test_exp_run_overrides(small_repo, mirror):
+    dvc(small_repo, "repro", "dwt", mirror=mirror)
+    out = dvc(small_repo, "exp", "run", "-S", "dataset=fashion_mnist", "dwt", mirror=mirror)
+    assert "Running stage 'download'" in out
+    out = dvc(small_repo, "exp", "run", "-S", "wavelet=bior4.4", "dwt", mirror=mirror)
+    assert "Running stage 'dwt'" in out and "Running stage 'download'" not in out
+    shown = dvc(small_repo, "exp", "show", "--json", mirror=mirror)
+    assert "bior4.4" in shown and "fashion_mnist" in shown
