@@ -1,0 +1,455 @@
+"""The scan grammar of the wavelet language: where the next token sits, which ids are valid there,
+and how a token moves the scan and the approximation (spec sections 3 to 7).
+
+It is defined once, here, and driven by the encoder, the decoder, the training masks and the
+sampler. The scan visits coefficients in a fixed order (`Language.order`); a scan state is a few
+arrays indexed by that order plus some counters, so a batch of states is a batch of arrays and the
+same steps can later be written as tensor gathers on a GPU.
+
+Zero-block (3.2.1): the order lists LL, then per level (coarse to fine) the top-right, bottom-left
+and bottom-right subbands; a unit of 4 x 4 or more is cut into 4 x 4 blocks in raster order, each
+block into its 2 x 2 groups in raster order, each group into its coefficients in raster order. So
+in scan order every 4 x 4 block is an aligned run of 16 (from index 16 on) and every group an
+aligned run of 4, and a Group4x4 / Group2x2 token simply jumps the cursor 16 / 4 places.
+
+Zero-tree (3.2.2): the same units, each in raster order; a ZeroTree token marks its subtree, and
+the cursor skips marked descendants later in the same plane.
+
+Canonical form (section 6): what the encoder can emit. A block or group that dissolves, a root
+that emits Insignificant instead of ZeroTree, and (per-image thresholds) plane 0 each oblige an
+uncovering (NowSignificant) among the coefficients they hold. The state counts, per open
+obligation, the coefficients not yet covered; a token other than NowSignificant is refused when
+it would cover the last of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
+
+
+import numpy as np
+from numba import njit
+
+# Token ids (spec section 4).
+GROUP4X4, GROUP2X2, NOW_SIGNIFICANT_NEG, NOW_SIGNIFICANT_POS = 0, 1, 2, 3
+INSIGNIFICANT, NEXT_ACCURACY0, NEXT_ACCURACY1, ZERO_TREE = 4, 5, 6, 7
+TOKEN_NAMES = ("Group4x4", "Group2x2", "NowSignificantNeg", "NowSignificantPos",
+               "Insignificant", "NextAccuracy0", "NextAccuracy1", "ZeroTree")
+VOCAB_SIZE = len(TOKEN_NAMES)
+
+METHODS = {"zeroblock": 0, "zerotree": 1}
+
+# What kind of place the cursor is at decides the valid ids (spec section 6).
+KIND_BLOCK, KIND_GROUP, KIND_SIGNIFICANT, KIND_COEFFICIENT, KIND_ROOT = 0, 1, 2, 3, 4
+_COEFFICIENT_IDS = (1 << INSIGNIFICANT) | (1 << NOW_SIGNIFICANT_NEG) | (1 << NOW_SIGNIFICANT_POS)
+KIND_MASKS = np.array([
+    _COEFFICIENT_IDS | (1 << GROUP4X4) | (1 << GROUP2X2),    # intact 4 x 4 block
+    _COEFFICIENT_IDS | (1 << GROUP2X2),                      # intact 2 x 2 group
+    (1 << NEXT_ACCURACY0) | (1 << NEXT_ACCURACY1),           # significant coefficient
+    _COEFFICIENT_IDS,                                        # other coefficient
+    _COEFFICIENT_IDS | (1 << ZERO_TREE),                     # zero-tree root candidate
+], dtype=np.int64)
+_NOW_SIGNIFICANT = (1 << NOW_SIGNIFICANT_NEG) | (1 << NOW_SIGNIFICANT_POS)
+
+# A batch of B scan states is three arrays (kept apart from each other and passed one by one:
+# numba refcounts arrays packed in tuples on every call, which costs more than the scan itself):
+#   approx   float64 (B, K)      the approximation a~ of each coefficient, in scan order
+#   marks    int64   (B, 3, K)   per coefficient: flags, plane of a zero-tree skip, open need
+#   counters int64   (B, N_COUNTERS)
+# and a language is one table, int64 (5, K): row, column, flat index row * M + column, zero-tree
+# parent, subtree size.
+M_FLAGS, M_SKIP, M_NEED = range(3)
+F_SIGNIFICANT, F_SUBTREE_SIGNIFICANT, F_BLOCK_DISSOLVED, F_GROUP_DISSOLVED = 1, 2, 4, 8
+(C_PLANE, C_CURSOR, C_PLANES, C_E0, C_NEED_PLANE, C_NEED_BLOCK, C_NEED_GROUP, C_DONE,
+ C_METHOD, C_PLANE0_UNCOVERS) = range(10)
+N_COUNTERS = 10
+T_ROW, T_COL, T_FLAT, T_PARENT, T_SUBTREE = range(5)
+
+
+def mask_to_ids(mask: int) -> list[int]:
+    return [t for t in range(VOCAB_SIZE) if (int(mask) >> t) & 1]
+
+
+def masks_to_bool(masks: np.ndarray) -> np.ndarray:
+    """(...,) int bitmasks -> (..., VOCAB_SIZE) bool."""
+    return ((np.asarray(masks)[..., None] >> np.arange(VOCAB_SIZE)) & 1).astype(bool)
+
+
+@dataclass(frozen=True)
+class Language:
+    """One wavelet language: coefficient matrix size, scan method and plane settings."""
+
+    size: int = 32  # M
+    method: str = "zeroblock"
+    final_exponent: int = -3
+    initial_threshold: str = "per_image"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.size < 4 or self.size & (self.size - 1):
+            raise ValueError(f"size {self.size} is not a power of two >= 4")
+
+    @property
+    def m(self) -> int:
+        return int(self.size).bit_length() - 1
+
+    @property
+    def n_coefficients(self) -> int:
+        return self.size * self.size
+
+    @property
+    def method_id(self) -> int:
+        return METHODS[self.method]
+
+    @property
+    def plane0_uncovers(self) -> bool:
+        # With per-image thresholds, T0 <= max|a| by construction, so plane 0 uncovers something.
+        return self.initial_threshold == "per_image"
+
+    @cached_property
+    def order(self) -> np.ndarray:
+        """Flat (row * M + col) index of each coefficient, in scan order."""
+        units = [(0, 0, 2)]  # (row, col, side) of LL, then the detail subbands coarse to fine
+        s = 2
+        while s < self.size:
+            units += [(0, s, s), (s, 0, s), (s, s, s)]
+            s *= 2
+        order: list[int] = []
+        for row, col, side in units:
+            if self.method == "zerotree":
+                order += [(row + r) * self.size + col + c for r in range(side) for c in range(side)]
+                continue
+            blocks = [(row, col)] if side == 2 else [
+                (row + br, col + bc) for br in range(0, side, 4) for bc in range(0, side, 4)]
+            for r0, c0 in blocks:
+                groups = [(r0, c0)] if side == 2 else [(r0 + gr, c0 + gc) for gr in (0, 2) for gc in (0, 2)]
+                for r1, c1 in groups:
+                    order += [(r1 + r) * self.size + c1 + c for r in (0, 1) for c in (0, 1)]
+        return np.array(order, dtype=np.int64)
+
+    @cached_property
+    def rows(self) -> np.ndarray:
+        return (self.order // self.size).astype(np.int64)
+
+    @cached_property
+    def cols(self) -> np.ndarray:
+        return (self.order % self.size).astype(np.int64)
+
+    @cached_property
+    def parent(self) -> np.ndarray:
+        """Scan index of each coefficient's zero-tree parent, or -1 (LL and the coarsest details)."""
+        position = np.empty(self.n_coefficients, dtype=np.int64)
+        position[self.order] = np.arange(self.n_coefficients)
+        r, c = self.rows, self.cols
+        has_parent = np.maximum(r, c) >= 4  # details of the level of side 2 have no parent
+        parent = np.full(self.n_coefficients, -1, dtype=np.int64)
+        parent[has_parent] = position[(r[has_parent] // 2) * self.size + c[has_parent] // 2]
+        return parent
+
+    @cached_property
+    def subtree_size(self) -> np.ndarray:
+        """Coefficients in each coefficient's zero-tree subtree, itself included."""
+        size = np.ones(self.n_coefficients, dtype=np.int64)
+        for k in np.argsort(-np.arange(self.n_coefficients)):  # children come after parents
+            if self.parent[k] >= 0:
+                size[self.parent[k]] += size[k]
+        return size
+
+    @cached_property
+    def table(self) -> np.ndarray:
+        """What the compiled kernels need to know about the scan: (5, K) int64."""
+        return np.stack([self.rows, self.cols, self.order, self.parent, self.subtree_size]).astype(np.int64)
+
+    def initial_exponents(self, coeffs: np.ndarray) -> np.ndarray:
+        """e0 per image (spec section 2): floor(log2 max|a|) + 1, at least f + 1; or m - 1."""
+        n = len(coeffs)
+        if self.initial_threshold == "uniform":
+            return np.full(n, self.m - 1, dtype=np.int64)
+        flat = coeffs.reshape(n, -1)
+        peak = np.maximum(flat.max(axis=1), -flat.min(axis=1))
+        _, exponent = np.frexp(peak)  # peak = mantissa * 2^exponent, mantissa in [0.5, 1)
+        return np.maximum(exponent.astype(np.int64), self.final_exponent + 1)
+
+    def planes(self, e0) -> np.ndarray:
+        return np.asarray(e0, dtype=np.int64) - self.final_exponent
+
+
+# ----- compiled kernels: state b is row b of (approx, marks, counters) -----
+
+# 2^e for every exponent a float64 threshold can have, so a threshold is one table lookup.
+_POW2_OFFSET = 1100
+_POW2 = np.ldexp(1.0, np.arange(-_POW2_OFFSET, 1024))
+
+
+@njit(cache=True, inline="always")
+def threshold_of(counters, b):
+    """T = 2^(e0 - 1 - plane) of state b's current plane."""
+    return _POW2[counters[b, C_E0] - 1 - counters[b, C_PLANE] + _POW2_OFFSET]
+
+
+@njit(cache=True, inline="always")
+def kind_at(table, marks, counters, b):
+    """Kind of the place the cursor of state b points at (KIND_* constant)."""
+    k = counters[b, C_CURSOR]
+    f = marks[b, M_FLAGS, k]
+    zerotree = counters[b, C_METHOD] == 1
+    if not zerotree:
+        if k >= 16 and k % 16 == 0 and not (f & F_BLOCK_DISSOLVED):
+            return KIND_BLOCK
+        if k % 4 == 0 and not (f & F_GROUP_DISSOLVED):
+            return KIND_GROUP
+    if f & F_SIGNIFICANT:
+        return KIND_SIGNIFICANT
+    if zerotree and table[T_SUBTREE, k] > 1 and not (f & F_SUBTREE_SIGNIFICANT):
+        return KIND_ROOT
+    return KIND_COEFFICIENT
+
+
+@njit(cache=True, inline="always")
+def _cover(table, k, token):
+    """How many coefficients (of this plane's scan) a token accounts for."""
+    if token == GROUP4X4:
+        return 16
+    if token == GROUP2X2:
+        return 4
+    if token == ZERO_TREE:
+        return table[T_SUBTREE, k]
+    return 1
+
+
+@njit(cache=True, inline="always")
+def valid_mask(table, marks, counters, b, canonical):
+    """Bitmask of the ids valid at the cursor of state b (0 once the sequence is complete)."""
+    if counters[b, C_DONE]:
+        return 0
+    mask = KIND_MASKS[kind_at(table, marks, counters, b)]
+    return canonical_mask(table, marks, counters, b, mask) if canonical else mask
+
+
+@njit(cache=True, inline="always")
+def canonical_mask(table, marks, counters, b, mask):
+    """The ids of `mask` that keep the sequence in canonical form."""
+    k = counters[b, C_CURSOR]
+    # Refuse each non-uncovering id that would cover the last open place of an obligation.
+    zerotree = counters[b, C_METHOD] == 1
+    for token in range(VOCAB_SIZE):
+        if not (mask >> token) & 1 or (_NOW_SIGNIFICANT >> token) & 1:
+            continue
+        cover = _cover(table, k, token)
+        dead = cover == counters[b, C_NEED_PLANE] or cover == counters[b, C_NEED_BLOCK] \
+            or cover == counters[b, C_NEED_GROUP]
+        p = table[T_PARENT, k] if zerotree else -1
+        while p >= 0 and not dead:
+            dead = cover == marks[b, M_NEED, p]
+            p = table[T_PARENT, p]
+        if dead:
+            mask &= ~(1 << token)
+    return mask
+
+
+@njit(cache=True, inline="always")
+def reset(approx, marks, counters, b, e0, method, final_exponent, plane0_uncovers):
+    """Start state b on a new sequence whose initial exponent is e0."""
+    n = approx.shape[1]
+    approx[b, :] = 0.0
+    marks[b, M_FLAGS, :] = 0
+    marks[b, M_SKIP, :] = -1
+    marks[b, M_NEED, :] = 0
+    counters[b, :] = 0
+    counters[b, C_E0] = e0
+    counters[b, C_PLANES] = e0 - final_exponent
+    counters[b, C_DONE] = counters[b, C_PLANES] <= 0
+    counters[b, C_METHOD] = method
+    counters[b, C_PLANE0_UNCOVERS] = plane0_uncovers
+    counters[b, C_NEED_PLANE] = n if plane0_uncovers else 0
+
+
+@njit(cache=True, inline="always")
+def _settle(table, marks, counters, b):
+    """Move the cursor over plane ends and skipped zero-tree descendants."""
+    n = table.shape[1]
+    while True:
+        k = counters[b, C_CURSOR]
+        if k >= n:
+            counters[b, C_PLANE] += 1
+            counters[b, C_CURSOR] = 0
+            counters[b, C_NEED_PLANE] = 0
+            if counters[b, C_PLANE] >= counters[b, C_PLANES]:
+                counters[b, C_DONE] = 1
+                return
+            continue
+        if counters[b, C_METHOD] == 0:
+            # A new block or group: the previous one's obligation is over (only a non-canonical
+            # sequence can leave one unmet).
+            if k % 16 == 0:
+                counters[b, C_NEED_BLOCK] = 0
+            if k % 4 == 0:
+                counters[b, C_NEED_GROUP] = 0
+            return
+        p = table[T_PARENT, k]
+        if p >= 0 and marks[b, M_SKIP, p] == counters[b, C_PLANE]:
+            marks[b, M_SKIP, k] = counters[b, C_PLANE]  # so its own descendants are skipped too
+            counters[b, C_CURSOR] = k + 1
+            continue
+        return
+
+
+@njit(cache=True, inline="always")
+def apply(table, approx, marks, counters, b, token):
+    """Advance state b by one token (assumed valid): scan cursor, obligations and approximation."""
+    apply_at(table, approx, marks, counters, b, kind_at(table, marks, counters, b), token)
+
+
+@njit(cache=True, inline="always")
+def apply_at(table, approx, marks, counters, b, kind, token):
+    """`apply`, for a caller that already knows the kind of the cursor's place."""
+    k = counters[b, C_CURSOR]
+    zerotree = counters[b, C_METHOD] == 1
+    uncovers = token == NOW_SIGNIFICANT_NEG or token == NOW_SIGNIFICANT_POS
+
+    # Dissolving blocks and groups open obligations; so does a root that does not emit ZeroTree.
+    if kind == KIND_BLOCK and token != GROUP4X4:
+        marks[b, M_FLAGS, k] |= F_BLOCK_DISSOLVED
+        counters[b, C_NEED_BLOCK] = 16
+    if (kind == KIND_BLOCK or kind == KIND_GROUP) and token != GROUP4X4 and token != GROUP2X2:
+        marks[b, M_FLAGS, k] |= F_GROUP_DISSOLVED
+        counters[b, C_NEED_GROUP] = 4
+    cover = _cover(table, k, token)
+    if uncovers:
+        counters[b, C_NEED_PLANE] = 0
+        counters[b, C_NEED_BLOCK] = 0
+        counters[b, C_NEED_GROUP] = 0
+    else:
+        if counters[b, C_NEED_PLANE] > 0:
+            counters[b, C_NEED_PLANE] -= cover
+        if counters[b, C_NEED_BLOCK] > 0:
+            counters[b, C_NEED_BLOCK] -= cover
+        if counters[b, C_NEED_GROUP] > 0:
+            counters[b, C_NEED_GROUP] -= cover
+    if zerotree:
+        p = table[T_PARENT, k]
+        while p >= 0:
+            if marks[b, M_NEED, p] > 0:
+                marks[b, M_NEED, p] = 0 if uncovers else marks[b, M_NEED, p] - cover
+            if uncovers:
+                marks[b, M_FLAGS, p] |= F_SUBTREE_SIGNIFICANT
+            p = table[T_PARENT, p]
+        if kind == KIND_ROOT and token == INSIGNIFICANT:
+            marks[b, M_NEED, k] = table[T_SUBTREE, k] - 1
+
+    # Coefficient updates (spec section 4).
+    if uncovers:
+        threshold = threshold_of(counters, b)
+        approx[b, k] = 1.5 * threshold if token == NOW_SIGNIFICANT_POS else -1.5 * threshold
+        marks[b, M_FLAGS, k] |= F_SIGNIFICANT | F_SUBTREE_SIGNIFICANT
+    elif token == NEXT_ACCURACY0 or token == NEXT_ACCURACY1:
+        step = 0.5 * threshold_of(counters, b)
+        if token == NEXT_ACCURACY0:
+            step = -step
+        approx[b, k] += step if approx[b, k] > 0 else -step
+    elif token == ZERO_TREE:
+        marks[b, M_SKIP, k] = counters[b, C_PLANE]
+
+    counters[b, C_CURSOR] = k + (1 if zerotree else cover)
+    _settle(table, marks, counters, b)
+
+
+class ScanState(NamedTuple):
+    approx: np.ndarray
+    marks: np.ndarray
+    counters: np.ndarray
+
+
+def new_state(language: Language, batch: int) -> ScanState:
+    n = language.n_coefficients
+    return ScanState(np.zeros((batch, n), np.float64), np.zeros((batch, 3, n), np.int64),
+                     np.zeros((batch, N_COUNTERS), np.int64))
+
+
+@njit(cache=True)
+def _reset_all(approx, marks, counters, e0, method, final_exponent, plane0_uncovers):
+    for b in range(len(e0)):
+        reset(approx, marks, counters, b, e0[b], method, final_exponent, plane0_uncovers)
+
+
+@njit(cache=True)
+def _observe(table, marks, counters, canonical, bp, i1, i2, masks, done):
+    for b in range(len(done)):
+        done[b] = counters[b, C_DONE]
+        k = counters[b, C_CURSOR]
+        bp[b] = counters[b, C_PLANE]
+        i1[b] = table[T_ROW, k] if not done[b] else 0
+        i2[b] = table[T_COL, k] if not done[b] else 0
+        masks[b] = valid_mask(table, marks, counters, b, canonical)
+
+
+@njit(cache=True)
+def _step_all(table, approx, marks, counters, tokens, canonical):
+    """Apply tokens[b] to every unfinished state; -1, or the first b whose token is not valid."""
+    for b in range(len(tokens)):
+        if counters[b, C_DONE]:
+            continue
+        token = tokens[b]
+        if token < 0 or token >= VOCAB_SIZE or not (valid_mask(table, marks, counters, b, canonical) >> token) & 1:
+            return b
+        apply(table, approx, marks, counters, b, token)
+    return -1
+
+
+class BatchScan:
+    """B scan states advanced together: the sampler's view of the grammar.
+
+    After construction and after each `step`, `bp`, `i1`, `i2` hold the position of each
+    sequence's next token, `masks` the bitmask of its valid ids (canonical form unless
+    canonical=False) and `done` whether the sequence is complete (finished states ignore tokens).
+    """
+
+    def __init__(self, language: Language, initial_exponents, canonical: bool = True):
+        self.language = language
+        self.canonical = canonical
+        e0 = np.atleast_1d(np.asarray(initial_exponents, dtype=np.int64))
+        self.state = new_state(language, len(e0))
+        _reset_all(*self.state, e0, language.method_id, language.final_exponent,
+                   int(language.plane0_uncovers))
+        self.bp, self.i1, self.i2, self.masks = (np.zeros(len(e0), np.int64) for _ in range(4))
+        self.done = np.zeros(len(e0), np.bool_)
+        self._observe()
+
+    def _observe(self) -> None:
+        _observe(self.language.table, self.state.marks, self.state.counters, self.canonical,
+                 self.bp, self.i1, self.i2, self.masks, self.done)
+
+    def valid(self) -> np.ndarray:
+        """(B, VOCAB_SIZE) bool: the valid ids of each sequence's next token."""
+        return masks_to_bool(self.masks)
+
+    def step(self, tokens) -> None:
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if len(tokens) != len(self.done):
+            raise ValueError(f"{len(tokens)} tokens for {len(self.done)} sequences")
+        bad = _step_all(self.language.table, *self.state, tokens, self.canonical)
+        self._observe()
+        if bad >= 0:
+            raise ValueError(
+                f"sequence {bad}: token {tokens[bad]} is not valid at (bp={self.bp[bad]}, "
+                f"i1={self.i1[bad]}, i2={self.i2[bad]}); valid: {mask_to_ids(self.masks[bad])}")
+
+    def approximations(self) -> np.ndarray:
+        """(B, M, M) coefficient approximations of the sequences so far."""
+        return scan_to_matrix(self.state.approx, self.language)
+
+
+def scan_to_matrix(scan_values: np.ndarray, language: Language) -> np.ndarray:
+    """(N, K) values in scan order -> (N, M, M) coefficient matrices."""
+    out = np.empty_like(scan_values)
+    out[:, language.order] = scan_values
+    return out.reshape(-1, language.size, language.size)
+
+
+@njit(cache=True, inline="always")
+def store_matrix(table, approx, b, out):
+    """Row b of approx (scan order) into out, a flat M * M coefficient matrix."""
+    for k in range(table.shape[1]):
+        out[table[T_FLAT, k]] = approx[b, k]
