@@ -52,3 +52,13 @@ def dwt(params: Path = ParamsOption) -> None:
 
     p = params_mod.load(params, ("dwt",))
     stage_mod.run(p.dataset, p.wavelet, p.dwt.limit)
+
+
+@app.command()
+@stage
+def tokenize(params: Path = ParamsOption) -> None:
+    """Wavelet-language sequences of every image into Parquet shards in data/tokens/."""
+    from . import tokenize as stage_mod
+
+    p = params_mod.load(params, ("tokenizer",))
+    stage_mod.run(p)

@@ -199,7 +199,8 @@ def decode(tokens, initial_exponent: int, language: Language) -> np.ndarray:
 
 def _raise_decode_error(sequence, e0, index, reason, language, j):
     scan = grammar.BatchScan(language, [e0], canonical=False)
-    scan.step(sequence[:index])
+    for token in sequence[:index]:
+        scan.step([token])
     where = f"sequence {j}, position {index}" if j else f"position {index}"
     token = int(sequence[index])
     name = grammar.TOKEN_NAMES[token] if 0 <= token < grammar.VOCAB_SIZE else "no such id"

@@ -53,3 +53,16 @@ def test_exp_run_overrides(small_repo, mirror):
     assert "Running stage 'dwt'" in out and "Running stage 'download'" not in out
     shown = dvc(small_repo, "exp", "show", "--json", mirror=mirror)
     assert "bior4.4" in shown and "fashion_mnist" in shown
+
+
+def test_tokenize_and_its_ablations(small_repo, mirror):
+    dvc(small_repo, "repro", "tokenize", mirror=mirror)
+    metrics = json.loads((small_repo / "reports/tokenize.json").read_text())
+    assert metrics["method"] == "zeroblock" and metrics["train"]["length_max"] > 0
+    assert (small_repo / "data/tokens/train/part-00000.parquet").is_file()
+    out = dvc(small_repo, "exp", "run", "-S", "tokenizer.method=zerotree", "tokenize", mirror=mirror)
+    assert "Running stage 'tokenize'" in out and "Running stage 'dwt'" not in out
+    out = dvc(small_repo, "exp", "run", "-S", "tokenizer.final_exponent=-4", "tokenize", mirror=mirror)
+    assert "Running stage 'tokenize'" in out
+    shown = dvc(small_repo, "exp", "show", "--json", mirror=mirror)
+    assert "zerotree" in shown and '"final_exponent": -4' in shown

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipeline import coder, dwt, params, shards
+from pipeline import tokenize as tokenize_stage
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_dwt(mnist_raw, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dwt")
+    dwt.run("mnist", "haar", 250, mnist_raw, out / "dwt", out / "dwt.json")
+    return out / "dwt"
+
+
+def _params(tmp_path: Path, **tokenizer) -> params.Params:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["tokenizer"].update(tokenizer)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return params.load(path, ("tokenizer",))
+
+
+@pytest.mark.parametrize("method", ["zeroblock", "zerotree"])
+def test_stage_writes_the_data_contract(small_dwt, tmp_path, method):
+    p = _params(tmp_path, method=method, shard_size=100)
+    out = tmp_path / "tokens"
+    metrics = tokenize_stage.run(p, small_dwt, out, tmp_path / "tokenize.json", tmp_path / "fig")
+    assert [path.name for path in shards.shard_paths(out, "train")] == [
+        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    schema = pq.read_schema(out / "train" / "part-00000.parquet")
+    assert schema.field("index").type == pa.int32() and schema.field("label").type == pa.int16()
+    assert schema.field("initial_exponent").type == pa.int8()
+    for name in ("tokens", "bp", "i1", "i2"):
+        assert schema.field(name).type == pa.list_(pa.uint8())
+
+    coeffs, labels = dwt.load("train", small_dwt)
+    expected = coder.encode(np.asarray(coeffs), tokenize_stage.language_for(p, 32))
+    split = shards.read_split(out, "train")
+    assert np.array_equal(split.encoded.offsets, expected.offsets)
+    for name in ("tokens", "bp", "i1", "i2"):
+        assert np.array_equal(getattr(split.encoded, name), getattr(expected, name))
+    assert np.array_equal(split.labels, labels) and np.array_equal(split.index, np.arange(250))
+
+    meta = shards.read_meta(out)
+    assert meta["method"] == method and meta["final_exponent"] == -3 and meta["wavelet"] == "haar"
+    assert meta["token_names"][7] == "ZeroTree" and meta["size"] == 32
+    assert meta["splits"]["test"]["images"] == 250
+    assert sum(sum(c.values()) for c in meta["initial_exponent_counts"].values()) == 250
+    assert set(meta["initial_exponent_counts"]) == {str(c) for c in range(10)}
+
+    saved = json.loads((tmp_path / "tokenize.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    for split_name in ("train", "test"):
+        assert saved[split_name]["psnr_db"] > 25  # f = -3 keeps digits nearly exact
+        by_plane = saved[split_name]["tokens_per_image_by_plane"]
+        assert abs(sum(by_plane.values()) - saved[split_name]["length_mean"]) < 0.01
+    assert (tmp_path / "fig" / "progressive.png").stat().st_size > 10_000
+    assert (tmp_path / "fig" / "length_histogram.png").stat().st_size > 5_000
+
+
+def test_failed_run_leaves_no_output(small_dwt, tmp_path, monkeypatch):
+    p = _params(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(shards.pq, "write_table", broken)
+    with pytest.raises(RuntimeError):
+        tokenize_stage.run(p, small_dwt, tmp_path / "tokens", tmp_path / "m.json", tmp_path / "fig")
+    assert not (tmp_path / "tokens").exists() and not (tmp_path / "m.json").exists()
+    assert [x.name for x in tmp_path.iterdir()] == ["params.yaml"]
