@@ -62,3 +62,14 @@ def tokenize(params: Path = ParamsOption) -> None:
 
     p = params_mod.load(params, ("tokenizer",))
     stage_mod.run(p)
+
+
+@app.command()
+@stage
+def train(params: Path = ParamsOption,
+          device: str = typer.Option("auto", help="auto | cuda | cpu (or set WAVELET_DEVICE); not a tracked param")) -> None:
+    """Train the wavelet transformer on data/tokens; the model goes to data/model/."""
+    from . import train as stage_mod
+
+    p = params_mod.load(params, ("model", "train"))
+    stage_mod.run(p, device)

@@ -453,3 +453,30 @@ def store_matrix(table, approx, b, out):
     """Row b of approx (scan order) into out, a flat M * M coefficient matrix."""
     for k in range(table.shape[1]):
         out[table[T_FLAT, k]] = approx[b, k]
+
+
+@njit(cache=True)
+def _sequence_masks(table, approx, marks, counters, tokens, offsets, e0, method, final_exponent,
+                    plane0_uncovers, out):
+    for j in range(len(e0)):
+        reset(approx, marks, counters, 0, e0[j], method, final_exponent, plane0_uncovers)
+        for i in range(offsets[j], offsets[j + 1]):
+            mask = valid_mask(table, marks, counters, 0, True)
+            if not (mask >> tokens[i]) & 1:
+                return j
+            out[i] = mask
+            apply(table, approx, marks, counters, 0, tokens[i])
+    return -1
+
+
+def sequence_masks(tokens: np.ndarray, offsets: np.ndarray, initial_exponents, language: Language) -> np.ndarray:
+    """The canonical valid-id bitmask in front of every token of every sequence (flat, aligned
+    with tokens): what the model may choose from at each step, for masked training and NLL."""
+    out = np.zeros(len(tokens), dtype=np.uint8)
+    e0 = np.asarray(initial_exponents, dtype=np.int64)
+    bad = _sequence_masks(language.table, *new_state(language, 1), np.asarray(tokens, np.int64),
+                          np.asarray(offsets, np.int64), e0, language.method_id,
+                          language.final_exponent, int(language.plane0_uncovers), out)
+    if bad >= 0:
+        raise ValueError(f"sequence {bad} is not in canonical form; re-run `dvc repro tokenize`")
+    return out

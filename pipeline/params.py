@@ -44,6 +44,11 @@ def _check_float(key: str, value: Any, lo: float | None = None, hi: float | None
                  lo_open: bool = False) -> float:
     op = ">" if lo_open else ">="
     bounds = f"a number{'' if lo is None else f' {op} {lo}'}{'' if hi is None else f' <= {hi}'}"
+    if isinstance(value, str):  # YAML reads 4e-4 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            raise ParamError(key, value, bounds) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ParamError(key, value, bounds)
     if lo is not None and (value <= lo if lo_open else value < lo):
@@ -72,6 +77,12 @@ def _check_limit(key: str, value: Any) -> int | None:
     return _check_int(key, value, lo=1)
 
 
+class _Group:
+    def _float(self, group: str, name: str, **bounds) -> None:
+        """Check a float field and store it as a float (YAML reads `4e-4` as a string)."""
+        object.__setattr__(self, name, _check_float(f"{group}.{name}", getattr(self, name), **bounds))
+
+
 def _group(raw: dict, name: str) -> dict:
     group = raw.get(name)
     if not isinstance(group, dict):
@@ -96,7 +107,7 @@ def _build(cls, raw: dict, name: str):
 
 
 @dataclass(frozen=True)
-class DwtParams:
+class DwtParams(_Group):
     limit: int | None  # keep the first N images of each split (null: all); for quick runs and CI
 
     def validate(self, g: str) -> None:
@@ -104,7 +115,7 @@ class DwtParams:
 
 
 @dataclass(frozen=True)
-class TokenizerParams:
+class TokenizerParams(_Group):
     method: str
     final_exponent: int
     initial_threshold: str
@@ -117,6 +128,66 @@ class TokenizerParams:
         _check_int(f"{g}.final_exponent", self.final_exponent, lo=-12, hi=3)
         _check_choice(f"{g}.initial_threshold", self.initial_threshold, INITIAL_THRESHOLDS)
         _check_int(f"{g}.shard_size", self.shard_size, lo=1)
+
+
+@dataclass(frozen=True)
+class ModelParams(_Group):
+    n_layer: int
+    n_embd: int
+    n_head: int
+    dropout: float
+    position: str
+    condition: str
+
+    def validate(self, g: str) -> None:
+        from .model import CONDITIONS, POSITIONS
+
+        _check_int(f"{g}.n_layer", self.n_layer, lo=1)
+        _check_int(f"{g}.n_head", self.n_head, lo=1)
+        _check_int(f"{g}.n_embd", self.n_embd, lo=1)
+        if self.n_embd % self.n_head:
+            raise ParamError(f"{g}.n_embd", self.n_embd, f"a multiple of {g}.n_head={self.n_head}")
+        self._float(g, "dropout", lo=0.0, hi=0.9)
+        _check_choice(f"{g}.position", self.position, POSITIONS)
+        _check_choice(f"{g}.condition", self.condition, CONDITIONS)
+
+
+@dataclass(frozen=True)
+class TrainParams(_Group):
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    min_lr_ratio: float
+    grad_clip: float
+    cond_dropout: float
+    grammar_mask: bool
+    seed: int
+    log_every: int
+    eval_every: int
+    eval_batches: int
+    final_eval_images: int | None
+    checkpoint_every: int
+    compile: bool
+
+    def validate(self, g: str) -> None:
+        _check_int(f"{g}.steps", self.steps, lo=1)
+        _check_int(f"{g}.batch_size", self.batch_size, lo=1)
+        self._float(g, "lr", lo=0.0, lo_open=True)
+        self._float(g, "weight_decay", lo=0.0)
+        _check_int(f"{g}.warmup_steps", self.warmup_steps, lo=0)
+        self._float(g, "min_lr_ratio", lo=0.0, hi=1.0)
+        self._float(g, "grad_clip", lo=0.0, lo_open=True)
+        self._float(g, "cond_dropout", lo=0.0, hi=1.0)
+        _check_bool(f"{g}.grammar_mask", self.grammar_mask)
+        _check_int(f"{g}.seed", self.seed, lo=0)
+        _check_int(f"{g}.log_every", self.log_every, lo=1)
+        _check_int(f"{g}.eval_every", self.eval_every, lo=1)
+        _check_int(f"{g}.eval_batches", self.eval_batches, lo=1)
+        _check_limit(f"{g}.final_eval_images", self.final_eval_images)
+        _check_int(f"{g}.checkpoint_every", self.checkpoint_every, lo=1)
+        _check_bool(f"{g}.compile", self.compile)
 
 
 @dataclass(frozen=True)
@@ -133,10 +204,20 @@ class Params:
     def tokenizer(self) -> TokenizerParams:
         return self.groups["tokenizer"]
 
+    @property
+    def model(self) -> ModelParams:
+        return self.groups["model"]
+
+    @property
+    def train(self) -> TrainParams:
+        return self.groups["train"]
+
 
 GROUPS = {
     "dwt": DwtParams,
     "tokenizer": TokenizerParams,
+    "model": ModelParams,
+    "train": TrainParams,
 }
 
 

@@ -29,6 +29,9 @@ def small_repo(tmp_path_factory) -> Path:
     repo = repo_copy(tmp_path_factory.mktemp("repo"))
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["dwt"]["limit"] = 200
+    raw["model"].update(n_layer=1, n_embd=32, n_head=2)
+    raw["train"].update(steps=4, batch_size=4, log_every=2, eval_every=2, eval_batches=1,
+                        final_eval_images=8, checkpoint_every=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "small"],
                    cwd=repo, check=True)
@@ -66,3 +69,17 @@ def test_tokenize_and_its_ablations(small_repo, mirror):
     assert "Running stage 'tokenize'" in out
     shown = dvc(small_repo, "exp", "show", "--json", mirror=mirror)
     assert "zerotree" in shown and '"final_exponent": -4' in shown
+
+
+def test_train_plots_and_position_ablation(small_repo, mirror):
+    dvc(small_repo, "repro", "train", mirror=mirror)
+    summary = json.loads((small_repo / "reports/train/metrics.json").read_text())
+    assert summary["test"]["bits_per_token"] > 0 and summary["step"] == 4
+    assert (small_repo / "data/model/model.safetensors").is_file()
+    shown = dvc(small_repo, "metrics", "show", "--json", mirror=mirror)
+    assert "bits_per_image" in shown
+    dvc(small_repo, "plots", "show", "-o", "plots_html", mirror=mirror)
+    html = (small_repo / "plots_html" / "index.html").read_text()
+    assert "train/loss" in html.replace("\\", "/") or "loss.tsv" in html
+    out = dvc(small_repo, "exp", "run", "-S", "model.position=sequence", "train", mirror=mirror)
+    assert "Running stage 'train'" in out and "Running stage 'tokenize'" not in out
