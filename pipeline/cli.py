@@ -64,12 +64,24 @@ def tokenize(params: Path = ParamsOption) -> None:
     stage_mod.run(p)
 
 
+DeviceOption = typer.Option("auto", help="auto | cuda | cpu (or set WAVELET_DEVICE); not a tracked param")
+
+
 @app.command()
 @stage
-def train(params: Path = ParamsOption,
-          device: str = typer.Option("auto", help="auto | cuda | cpu (or set WAVELET_DEVICE); not a tracked param")) -> None:
+def train(params: Path = ParamsOption, device: str = DeviceOption) -> None:
     """Train the wavelet transformer on data/tokens; the model goes to data/model/."""
     from . import train as stage_mod
 
     p = params_mod.load(params, ("model", "train"))
+    stage_mod.run(p, device)
+
+
+@app.command()
+@stage
+def sample(params: Path = ParamsOption, device: str = DeviceOption) -> None:
+    """Generate class-conditional samples from data/model into data/samples/."""
+    from . import sample as stage_mod
+
+    p = params_mod.load(params, ("sample",))
     stage_mod.run(p, device)

@@ -8,15 +8,18 @@ embedding and they are summed:
 
     x_t = token[prev_t] + bp[bp_t] + row[i1_t] + col[i2_t] + e0[e0] + class[label]
 
-`position` picks what tells the model where it is: `wavelet` (bp, row, col; GPT-2's absolute
-table is fed position 0 throughout, so it is one learned bias), `sequence` (GPT-2's absolute index
-only) or `both`. `condition` is `class` (with a null class for classifier-free guidance) or
+`position` picks what tells the model where it is: `wavelet` (bp, row, col), `sequence` (GPT-2's
+absolute index table only) or `both`. `condition` is `class` (with a null class for classifier-free guidance) or
 `none`. Logits cover the 8 token ids; ids the grammar forbids at a step are masked to -inf before
 the softmax, so the NLL is the true code length of the sequence.
+
+The blocks, LayerNorms and projections are HuggingFace's GPT-2 modules (so `save_pretrained` /
+`from_pretrained` work as usual); the forward pass over them is written here, a dozen lines with
+PyTorch's SDPA attention, so that training and the KV-cached sampler share it exactly and no
+position ids are needed (transformers reads repeated position ids as packed sequences).
 """
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -32,8 +35,6 @@ START = VOCAB_SIZE  # input id of the start token; the model never predicts it
 POSITIONS = ("wavelet", "sequence", "both")
 CONDITIONS = ("class", "none")
 hf_logging.disable_progress_bar()  # the stages report their own progress
-# transformers renamed GPT2Model's `past_key_values` argument to `cache` during 5.x.
-_CACHE_KWARG = "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
 
 
 class WaveletGPTConfig(GPT2Config):
@@ -104,20 +105,38 @@ class WaveletGPT(GPT2PreTrainedModel):
             per_sequence = per_sequence + self.label(labels)
         return x + per_sequence[:, None, :]
 
-    def position_ids(self, start: int, length: int, device) -> torch.Tensor:
+    def embed_positions(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Add GPT-2's absolute position embedding for `sequence` / `both`."""
         if self.config.position == "wavelet":
-            return torch.zeros(1, length, dtype=torch.long, device=device)
-        # Past GPT-2's table (a sample longer than any training sequence) the last row repeats.
-        return torch.arange(start, start + length, device=device).clamp_(max=self.config.n_positions - 1)[None]
+            return x
+        # Past the table (a sample longer than any training sequence) the last row repeats.
+        index = torch.arange(start, start + x.shape[1], device=x.device).clamp_(max=self.config.n_positions - 1)
+        return x + self.transformer.wpe(index)[None]
 
-    def forward(self, prev_tokens, bp, i1, i2, e0, labels, cache=None, use_cache: bool = False,
-                start: int = 0):
-        """Logits (B, T, VOCAB_SIZE) for the tokens at the given positions, and the KV cache."""
-        x = self.embed(prev_tokens, bp, i1, i2, e0, labels)
-        kwargs = {_CACHE_KWARG: cache} if cache is not None else {}
-        out = self.transformer(inputs_embeds=x, position_ids=self.position_ids(start, x.shape[1], x.device),
-                               use_cache=use_cache, **kwargs)
-        return self.head(out.last_hidden_state), out.get(_CACHE_KWARG)
+    def forward(self, prev_tokens, bp, i1, i2, e0, labels):
+        """Logits (B, T, VOCAB_SIZE) for the tokens at the given positions (causal)."""
+        x = self.transformer.drop(self.embed_positions(self.embed(prev_tokens, bp, i1, i2, e0, labels), 0))
+        dropout = self.config.attn_pdrop if self.training else 0.0
+        for block in self.transformer.h:
+            q, k, v = _heads(block, x, self.config.n_head)
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            x = x + _merge_heads(block, attended)
+            x = x + block.mlp(block.ln_2(x))
+        return self.head(self.transformer.ln_f(x))
+
+
+def _heads(block, x: torch.Tensor, n_head: int) -> tuple[torch.Tensor, ...]:
+    """A GPT-2 block's queries, keys and values for x (B, T, C), each (B, n_head, T, C / n_head)."""
+    batch, length, width = x.shape
+    q, k, v = block.attn.c_attn(block.ln_1(x)).split(width, dim=2)
+    return tuple(a.view(batch, length, n_head, width // n_head).transpose(1, 2) for a in (q, k, v))
+
+
+def _merge_heads(block, attended: torch.Tensor) -> torch.Tensor:
+    """Attention output (B, n_head, T, C / n_head) -> the block's residual update (B, T, C)."""
+    batch, heads, length, head_dim = attended.shape
+    merged = attended.transpose(1, 2).reshape(batch, length, heads * head_dim)
+    return block.attn.resid_dropout(block.attn.c_proj(merged))
 
 
 def masked_logits(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -147,3 +166,44 @@ def unpack_valid(masks: torch.Tensor) -> torch.Tensor:
     """(...,) uint8 grammar bitmasks -> (..., VOCAB_SIZE) bool."""
     shifts = torch.arange(VOCAB_SIZE, device=masks.device)
     return ((masks.long()[..., None] >> shifts) & 1).bool()
+
+
+class Decoder:
+    """Token-by-token forward pass with a preallocated KV cache: the sampler's inner loop.
+
+    It runs the model's own modules (embeddings, LayerNorms, projections, MLPs); only attention is
+    written out, reading keys and values from one growing buffer per layer instead of
+    concatenating a cache every step.
+    """
+
+    def __init__(self, model: WaveletGPT, batch: int, capacity: int = 2048, dtype: torch.dtype | None = None):
+        c = model.config
+        self.model = model
+        parameter = next(model.parameters())
+        self.dtype = dtype or parameter.dtype
+        self.heads, self.head_dim = c.n_head, c.n_embd // c.n_head
+        shape = (c.n_layer, batch, self.heads, capacity, self.head_dim)
+        self.keys = torch.zeros(shape, dtype=self.dtype, device=parameter.device)
+        self.values = torch.zeros_like(self.keys)
+        self.length = 0
+
+    def _grow(self) -> None:
+        self.keys = torch.cat([self.keys, torch.zeros_like(self.keys)], dim=3)
+        self.values = torch.cat([self.values, torch.zeros_like(self.values)], dim=3)
+
+    @torch.no_grad()
+    def step(self, prev, bp, i1, i2, e0, labels) -> torch.Tensor:
+        """(B,) previous tokens and next positions, (B,) e0 and labels -> logits (B, VOCAB_SIZE)."""
+        m, t = self.model, self.length
+        if t == self.keys.shape[3]:
+            self._grow()
+        x = m.embed_positions(m.embed(prev[:, None], bp[:, None], i1[:, None], i2[:, None], e0, labels), t)
+        for layer, block in enumerate(m.transformer.h):
+            q, k, v = _heads(block, x, self.heads)
+            self.keys[layer, :, :, t] = k[:, :, 0]
+            self.values[layer, :, :, t] = v[:, :, 0]
+            keys, values = self.keys[layer, :, :, :t + 1], self.values[layer, :, :, :t + 1]
+            x = x + _merge_heads(block, F.scaled_dot_product_attention(q.to(self.dtype), keys, values))
+            x = x + block.mlp(block.ln_2(x))
+        self.length += 1
+        return m.head(m.transformer.ln_f(x))[:, 0]

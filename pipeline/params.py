@@ -191,6 +191,31 @@ class TrainParams(_Group):
 
 
 @dataclass(frozen=True)
+class SampleParams(_Group):
+    classes: Any  # "all" or a list of class ids
+    per_class: int
+    batch_size: int
+    temperature: float
+    top_k: int
+    top_p: float
+    cfg_scale: float
+    seed: int
+
+    def validate(self, g: str) -> None:
+        if self.classes != "all" and not (
+                isinstance(self.classes, list) and self.classes
+                and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in self.classes)):
+            raise ParamError(f"{g}.classes", self.classes, "all, or a list of class ids such as [0, 3, 7]")
+        _check_int(f"{g}.per_class", self.per_class, lo=1)
+        _check_int(f"{g}.batch_size", self.batch_size, lo=1)
+        self._float(g, "temperature", lo=0.0)
+        _check_int(f"{g}.top_k", self.top_k, lo=0)
+        self._float(g, "top_p", lo=0.0, hi=1.0, lo_open=True)
+        self._float(g, "cfg_scale", lo=0.0)
+        _check_int(f"{g}.seed", self.seed, lo=0)
+
+
+@dataclass(frozen=True)
 class Params:
     dataset: str
     wavelet: str
@@ -212,12 +237,17 @@ class Params:
     def train(self) -> TrainParams:
         return self.groups["train"]
 
+    @property
+    def sample(self) -> SampleParams:
+        return self.groups["sample"]
+
 
 GROUPS = {
     "dwt": DwtParams,
     "tokenizer": TokenizerParams,
     "model": ModelParams,
     "train": TrainParams,
+    "sample": SampleParams,
 }
 
 

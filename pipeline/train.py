@@ -225,7 +225,7 @@ def evaluate(model, data: TokenData, rows: np.ndarray, batch_size: int, device, 
     for start in range(0, len(rows), batch_size):
         b = data.batch(rows[start:start + batch_size], device)
         with autocast:
-            logits, _ = model(b["prev"], b["bp"], b["i1"], b["i2"], b["e0"], b["label"])
+            logits = model(b["prev"], b["bp"], b["i1"], b["i2"], b["e0"], b["label"])
         masked += token_nll(logits, b["target"], unpack_valid(b["mask"])).sum().item()
         unmasked += token_nll(logits, b["target"], None).sum().item()
         tokens += int((b["target"] >= 0).sum())
@@ -304,7 +304,7 @@ def run(p: Params, device_name: str = "auto", tokens_root: str | Path = "data/to
             drop = torch.rand(labels.shape) < t.cond_dropout
             labels = torch.where(drop.to(device), torch.full_like(labels, model.config.null_class), labels)
         with autocast:
-            logits, _ = trained(b["prev"], b["bp"], b["i1"], b["i2"], b["e0"], labels)
+            logits = trained(b["prev"], b["bp"], b["i1"], b["i2"], b["e0"], labels)
         valid = unpack_valid(b["mask"]) if t.grammar_mask else None
         n_tokens = (b["target"] >= 0).sum()
         loss = token_nll(logits, b["target"], valid).sum() / n_tokens

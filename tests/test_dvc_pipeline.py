@@ -29,6 +29,8 @@ def small_repo(tmp_path_factory) -> Path:
     repo = repo_copy(tmp_path_factory.mktemp("repo"))
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["dwt"]["limit"] = 200
+    raw["tokenizer"]["final_exponent"] = -1
+    raw["sample"].update(classes=[0, 1], per_class=1)
     raw["model"].update(n_layer=1, n_embd=32, n_head=2)
     raw["train"].update(steps=4, batch_size=4, log_every=2, eval_every=2, eval_batches=1,
                         final_eval_images=8, checkpoint_every=2)
@@ -65,10 +67,10 @@ def test_tokenize_and_its_ablations(small_repo, mirror):
     assert (small_repo / "data/tokens/train/part-00000.parquet").is_file()
     out = dvc(small_repo, "exp", "run", "-S", "tokenizer.method=zerotree", "tokenize", mirror=mirror)
     assert "Running stage 'tokenize'" in out and "Running stage 'dwt'" not in out
-    out = dvc(small_repo, "exp", "run", "-S", "tokenizer.final_exponent=-4", "tokenize", mirror=mirror)
+    out = dvc(small_repo, "exp", "run", "-S", "tokenizer.final_exponent=-2", "tokenize", mirror=mirror)
     assert "Running stage 'tokenize'" in out
     shown = dvc(small_repo, "exp", "show", "--json", mirror=mirror)
-    assert "zerotree" in shown and '"final_exponent": -4' in shown
+    assert "zerotree" in shown and '"final_exponent": -2' in shown
 
 
 def test_train_plots_and_position_ablation(small_repo, mirror):
@@ -83,3 +85,12 @@ def test_train_plots_and_position_ablation(small_repo, mirror):
     assert "train/loss" in html.replace("\\", "/") or "loss.tsv" in html
     out = dvc(small_repo, "exp", "run", "-S", "model.position=sequence", "train", mirror=mirror)
     assert "Running stage 'train'" in out and "Running stage 'tokenize'" not in out
+
+
+def test_sample_and_its_decoding_overrides(small_repo, mirror):
+    dvc(small_repo, "repro", "sample", mirror=mirror)
+    assert (small_repo / "data/samples/samples.parquet").is_file()
+    assert (small_repo / "reports/samples/overview.png").is_file()
+    for override in ("sample.top_k=2", "sample.cfg_scale=2"):
+        out = dvc(small_repo, "exp", "run", "-S", override, "sample", mirror=mirror)
+        assert "Running stage 'sample'" in out and "Running stage 'train'" not in out

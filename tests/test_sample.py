@@ -1,0 +1,148 @@
+"""Sampling always yields valid, canonical sequences; decoding controls; the stage's outputs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from pipeline import coder, params
+from pipeline import sample as sample_stage
+from pipeline.model import WaveletGPT, WaveletGPTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def untrained(method="zeroblock", final_exponent=-1, **kw) -> WaveletGPT:
+    torch.manual_seed(0)
+    counts = {str(c): {"1": 5, "2": 3, "3": 1} for c in range(10)}
+    config = WaveletGPTConfig(n_layer=1, n_embd=16, n_head=2, n_positions=1, method=method,
+                              final_exponent=final_exponent, max_planes=3 - final_exponent + 1,
+                              e0_min=0, e0_max=3, initial_exponent_counts=counts, **kw)
+    return WaveletGPT(config).eval()
+
+
+def _check_valid(model, encoded, labels):
+    language = sample_stage.language_of(model)
+    decoded = coder.decode_batch(encoded.tokens, encoded.offsets, encoded.initial_exponents, language)
+    again = coder.encode(decoded, language)
+    assert np.array_equal(again.initial_exponents, encoded.initial_exponents)
+    assert np.array_equal(again.offsets, encoded.offsets), "a sample's length is not canonical"
+    assert np.array_equal(again.tokens, encoded.tokens), "a sample is not in canonical form"
+    for name in ("bp", "i1", "i2"):
+        assert np.array_equal(getattr(again, name), getattr(encoded, name))
+
+
+@pytest.mark.parametrize("method,count", [("zeroblock", 1000), ("zerotree", 300)])
+def test_untrained_model_samples_are_all_valid_and_canonical(method, count):
+    model = untrained(method)
+    labels = np.arange(count) % 10
+    e0 = sample_stage.draw_initial_exponents(model, labels, np.random.default_rng(0))
+    generator = torch.Generator().manual_seed(0)
+    encoded = sample_stage.generate(model, labels, e0, sample_stage.Decoding(), generator)
+    assert len(encoded) == count
+    _check_valid(model, encoded, labels)
+
+
+@pytest.mark.parametrize("decoding", [
+    sample_stage.Decoding(temperature=0), sample_stage.Decoding(top_k=2),
+    sample_stage.Decoding(top_p=0.6), sample_stage.Decoding(cfg_scale=2.0, temperature=0.7),
+], ids=str)
+def test_decoding_controls_stay_valid(decoding):
+    model = untrained(final_exponent=0)
+    labels = np.arange(40) % 10
+    e0 = sample_stage.draw_initial_exponents(model, labels, np.random.default_rng(1))
+    encoded = sample_stage.generate(model, labels, e0, decoding, torch.Generator().manual_seed(0))
+    _check_valid(model, encoded, labels)
+
+
+def test_choose_respects_the_mask_and_the_controls():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0]]).repeat(2000, 1)
+    valid = torch.zeros(2000, 8, dtype=torch.bool)
+    valid[:, [1, 3, 4, 6]] = True
+    picked = sample_stage.choose(logits, valid, sample_stage.Decoding(), g)
+    assert set(picked.tolist()) <= {1, 3, 4, 6} and len(set(picked.tolist())) == 4
+    assert set(sample_stage.choose(logits, valid, sample_stage.Decoding(temperature=0), g).tolist()) == {1}
+    assert set(sample_stage.choose(logits, valid, sample_stage.Decoding(top_k=2), g).tolist()) == {1, 3}
+    # p(1) = 0.84 of the valid mass: top_p 0.6 keeps it alone, 0.9 adds the next one.
+    assert set(sample_stage.choose(logits, valid, sample_stage.Decoding(top_p=0.6), g).tolist()) == {1}
+    assert set(sample_stage.choose(logits, valid, sample_stage.Decoding(top_p=0.9), g).tolist()) == {1, 3}
+
+
+def test_same_seed_same_samples():
+    model = untrained(final_exponent=0)
+    labels = np.arange(20) % 10
+    e0 = sample_stage.draw_initial_exponents(model, labels, np.random.default_rng(3))
+    runs = [sample_stage.generate(model, labels, e0, sample_stage.Decoding(), torch.Generator().manual_seed(7))
+            for _ in range(2)]
+    assert np.array_equal(runs[0].tokens, runs[1].tokens)
+    other = sample_stage.generate(model, labels, e0, sample_stage.Decoding(), torch.Generator().manual_seed(8))
+    assert not np.array_equal(runs[0].tokens, other.tokens)
+
+
+def test_initial_exponents_follow_the_class_counts():
+    model = untrained()
+    model.config.initial_exponent_counts = {"0": {"1": 1}, "1": {"2": 3, "3": 1}}
+    e0 = sample_stage.draw_initial_exponents(model, np.array([0] * 50 + [1] * 4000), np.random.default_rng(0))
+    assert set(e0[:50]) == {1}
+    assert abs((e0[50:] == 2).mean() - 0.75) < 0.03
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    model = untrained(final_exponent=0)
+    model.save_pretrained(tmp_path / "data" / "model")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["sample"].update(classes=[1, 7], per_class=3, batch_size=4, seed=5)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path
+
+
+def test_stage_writes_samples_and_figures(model_dir):
+    p = params.load(model_dir / "params.yaml", ("sample",))
+    sample_stage.run(p, "cpu", model_dir / "data/model", model_dir / "out", model_dir / "fig")
+    table = pq.read_table(model_dir / "out" / "samples.parquet")
+    assert table.schema.field("label").type == pa.int16()
+    assert table.schema.field("initial_exponent").type == pa.int8()
+    assert table.schema.field("tokens").type == pa.list_(pa.uint8())
+    assert table.schema.field("image").type == pa.list_(pa.uint8())
+    labels, e0, tokens, images = sample_stage.read_samples(model_dir / "out" / "samples.parquet")
+    assert labels.tolist() == [1, 1, 1, 7, 7, 7] and images.shape == (6, 28, 28)
+    # The stored image is the decoded sequence, clipped and rounded.
+    language = sample_stage.language_of(WaveletGPT.from_pretrained(model_dir / "data/model"))
+    from pipeline import wavelets
+    approx = coder.decode(tokens[4], int(e0[4]), language)
+    assert np.array_equal(images[4], wavelets.to_uint8(wavelets.crop(wavelets.inverse(approx, "haar"), 28, 28)))
+    names = sorted(p.name for p in (model_dir / "fig").iterdir())
+    assert names == ["class_1.png", "class_7.png", "overview.png", "progressive.png"]
+
+
+def test_unknown_class_is_refused(model_dir):
+    raw = yaml.safe_load((model_dir / "params.yaml").read_text())
+    raw["sample"]["classes"] = [3, 12]
+    (model_dir / "params.yaml").write_text(yaml.safe_dump(raw))
+    p = params.load(model_dir / "params.yaml", ("sample",))
+    with pytest.raises(ValueError, match=r"\[12\].*0\.\.9"):
+        sample_stage.run(p, "cpu", model_dir / "data/model", model_dir / "out", model_dir / "fig")
+    assert not (model_dir / "out").exists()
+
+
+def test_ddp_two_cpu_processes_gather_all_samples(model_dir):
+    env = dict(os.environ, PYTHONPATH=str(REPO), WAVELET_DEVICE="cpu", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "pipeline", "sample"]
+    result = subprocess.run(command, cwd=model_dir, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "on rank 1" in result.stdout + result.stderr
+    labels, e0, tokens, images = sample_stage.read_samples(model_dir / "data/samples/samples.parquet")
+    assert labels.tolist() == [1, 1, 1, 7, 7, 7] and len(tokens) == 6
+    assert (model_dir / "reports/samples/overview.png").is_file()
