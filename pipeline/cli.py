@@ -85,3 +85,23 @@ def sample(params: Path = ParamsOption, device: str = DeviceOption) -> None:
 
     p = params_mod.load(params, ("sample",))
     stage_mod.run(p, device)
+
+
+@app.command("train_classifier")
+@stage
+def train_classifier(params: Path = ParamsOption, device: str = DeviceOption) -> None:
+    """Train the domain classifier (feature extractor for evaluation) into data/classifier/."""
+    from . import train_classifier as stage_mod
+
+    p = params_mod.load(params, ("train_classifier",))
+    stage_mod.run(p, device)
+
+
+@app.command()
+@stage
+def evaluate(params: Path = ParamsOption, device: str = DeviceOption) -> None:
+    """FID, KID, IS, precision/recall, conditional accuracy and NLL into reports/metrics.json."""
+    from . import evaluate as stage_mod
+
+    p = params_mod.load(params, ("eval",))
+    stage_mod.run(p, device)

@@ -48,3 +48,13 @@ def histogram(series: dict[str, np.ndarray], path: str | Path, xlabel: str, titl
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     save(fig, path)
+
+
+def bars(names: list[str], values: list[float], path: str | Path, xlabel: str, ylabel: str, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(names, values, color="#4c72b0")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    save(fig, path)

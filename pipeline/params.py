@@ -216,6 +216,41 @@ class SampleParams(_Group):
 
 
 @dataclass(frozen=True)
+class TrainClassifierParams(_Group):
+    epochs: int
+    batch_size: int
+    lr: float
+    width: int
+    seed: int
+
+    def validate(self, g: str) -> None:
+        _check_int(f"{g}.epochs", self.epochs, lo=1)
+        _check_int(f"{g}.batch_size", self.batch_size, lo=1)
+        self._float(g, "lr", lo=0.0, lo_open=True)
+        _check_int(f"{g}.width", self.width, lo=1)
+        _check_int(f"{g}.seed", self.seed, lo=0)
+
+
+@dataclass(frozen=True)
+class EvalParams(_Group):
+    num_samples: int
+    reference_images: int
+    batch_size: int
+    kid_subset_size: int
+    inception_weights: str | None
+    seed: int
+
+    def validate(self, g: str) -> None:
+        _check_int(f"{g}.num_samples", self.num_samples, lo=2)
+        _check_int(f"{g}.reference_images", self.reference_images, lo=2, hi=10000)
+        _check_int(f"{g}.batch_size", self.batch_size, lo=1)
+        _check_int(f"{g}.kid_subset_size", self.kid_subset_size, lo=2)
+        if self.inception_weights is not None and not isinstance(self.inception_weights, str):
+            raise ParamError(f"{g}.inception_weights", self.inception_weights, "null or a file path")
+        _check_int(f"{g}.seed", self.seed, lo=0)
+
+
+@dataclass(frozen=True)
 class Params:
     dataset: str
     wavelet: str
@@ -241,6 +276,14 @@ class Params:
     def sample(self) -> SampleParams:
         return self.groups["sample"]
 
+    @property
+    def train_classifier(self) -> TrainClassifierParams:
+        return self.groups["train_classifier"]
+
+    @property
+    def eval(self) -> EvalParams:
+        return self.groups["eval"]
+
 
 GROUPS = {
     "dwt": DwtParams,
@@ -248,7 +291,30 @@ GROUPS = {
     "model": ModelParams,
     "train": TrainParams,
     "sample": SampleParams,
+    "train_classifier": TrainClassifierParams,
+    "eval": EvalParams,
 }
+
+
+BASE_PROFILE = "cpu"
+
+
+def apply_profile(raw: dict) -> dict:
+    """The groups as written are the `cpu` profile; `profile: NAME` lays `profiles.NAME` over them
+    (so under a profile its own values win: override them as `-S profiles.NAME.train.steps=...`)."""
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise ParamError("profiles", profiles, "a mapping of profile names to group overrides")
+    name = raw.get("profile", BASE_PROFILE)
+    _check_choice("profile", name, [BASE_PROFILE, *profiles])
+    if name == BASE_PROFILE:
+        return raw
+    merged = {key: (dict(value) if isinstance(value, dict) else value) for key, value in raw.items()}
+    for group, overrides in (profiles[name] or {}).items():
+        if group not in GROUPS or not isinstance(overrides, dict):
+            raise ParamError(f"profiles.{name}.{group}", overrides, "a mapping for one of the groups " + ", ".join(GROUPS))
+        merged[group] = {**_group(raw, group), **overrides}
+    return merged
 
 
 def load(path: str | Path = "params.yaml", groups: tuple[str, ...] = ()) -> Params:
@@ -260,6 +326,7 @@ def load(path: str | Path = "params.yaml", groups: tuple[str, ...] = ()) -> Para
         raise ParamError("params file", str(path), "an existing YAML file") from None
     if not isinstance(raw, dict):
         raise ParamError("params file", str(path), "a YAML mapping")
+    raw = apply_profile(raw)
     dataset = _check_choice("dataset", raw.get("dataset"), DATASETS)
     wavelet = raw.get("wavelet")
     valid_wavelets = _discrete_wavelets()

