@@ -30,7 +30,9 @@ def small_repo(tmp_path_factory) -> Path:
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["dwt"]["limit"] = 200
     raw["tokenizer"]["final_exponent"] = -1
-    raw["sample"].update(classes=[0, 1], per_class=1)
+    raw["sample"].update(classes=[0, 1], per_class=5, batch_size=10)
+    raw["train_classifier"]["epochs"] = 1
+    raw["eval"].update(num_samples=10, reference_images=10, kid_subset_size=5, batch_size=10)
     raw["model"].update(n_layer=1, n_embd=32, n_head=2)
     raw["train"].update(steps=4, batch_size=4, log_every=2, eval_every=2, eval_batches=1,
                         final_eval_images=8, checkpoint_every=2)
@@ -94,3 +96,32 @@ def test_sample_and_its_decoding_overrides(small_repo, mirror):
     for override in ("sample.top_k=2", "sample.cfg_scale=2"):
         out = dvc(small_repo, "exp", "run", "-S", override, "sample", mirror=mirror)
         assert "Running stage 'sample'" in out and "Running stage 'train'" not in out
+
+
+METRIC_GROUPS = {
+    "generated": {"inception", "classifier", "conditional_accuracy"},
+    "real_floor": {"inception", "classifier"},
+    "likelihood": {"test_bits_per_token", "test_bits_per_image", "test_images"},
+    "tokenizer": {"test_psnr_db"}, "classifier": {"test_accuracy"},
+    "counts": {"generated", "real_train", "reference_test"}, "extractors": {"inception", "classifier"},
+}
+INCEPTION = {"fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "isc_mean", "isc_std"}
+
+
+def test_whole_chain_and_ablations_with_metrics_diff(small_repo, mirror):
+    dvc(small_repo, "repro", mirror=mirror)
+    metrics = json.loads((small_repo / "reports/metrics.json").read_text())
+    assert {k: set(v) for k, v in metrics.items()} == METRIC_GROUPS
+    for group in ("generated", "real_floor"):
+        assert set(metrics[group]["inception"]) == INCEPTION
+        assert {"fid", "kid_mean", "kid_std", "isc_mean", "isc_std"} <= set(metrics[group]["classifier"])
+    assert metrics["extractors"]["inception"] and "wavelet-classifier" in metrics["extractors"]["classifier"]
+    assert metrics["generated"]["inception"]["fid"] is not None  # an Inception network was found offline
+    assert "up to date" in dvc(small_repo, "repro", mirror=mirror)
+
+    dvc(small_repo, "exp", "run", "-n", "bior", "-S", "wavelet=bior4.4", mirror=mirror)
+    dvc(small_repo, "exp", "run", "-n", "fashion", "-S", "dataset=fashion_mnist", mirror=mirror)
+    diff = json.loads(dvc(small_repo, "metrics", "diff", "bior", "fashion", "--json", mirror=mirror))
+    assert "reports/metrics.json" in diff and "generated.classifier.fid" in diff["reports/metrics.json"]
+    shown = dvc(small_repo, "exp", "show", "--json", mirror=mirror)
+    assert "conditional_accuracy" in shown and "bior4.4" in shown and "fashion_mnist" in shown

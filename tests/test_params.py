@@ -38,6 +38,17 @@ BAD = [
     ("dwt", {"dwt.limit": 0}, "dwt.limit", ">= 1"),
     ("dwt", {"dwt.limit": "all"}, "dwt.limit", "an integer"),
     ("download", {"dataset": "fashion-mnist"}, "dataset", "fashion_mnist"),
+    ("tokenize", {"tokenizer.method": "zero-tree"}, "tokenizer.method", "zeroblock, zerotree"),
+    ("tokenize", {"tokenizer.final_exponent": -20}, "tokenizer.final_exponent", ">= -12"),
+    ("train", {"model.n_embd": 130}, "model.n_embd", "multiple of model.n_head=4"),
+    ("train", {"model.position": "rope"}, "model.position", "wavelet, sequence, both"),
+    ("train", {"train.lr": -1.0}, "train.lr", "> 0.0"),
+    ("train", {"train.grammar_mask": "yes"}, "train.grammar_mask", "true or false"),
+    ("sample", {"sample.top_p": 0.0}, "sample.top_p", "> 0.0"),
+    ("sample", {"sample.classes": "digits"}, "sample.classes", "list of class ids"),
+    ("train_classifier", {"train_classifier.epochs": 0}, "train_classifier.epochs", ">= 1"),
+    ("evaluate", {"eval.reference_images": 20000}, "eval.reference_images", "<= 10000"),
+    ("evaluate", {"profile": "tpu"}, "profile", "cpu, gpu"),
 ]
 
 
@@ -61,3 +72,32 @@ def test_unknown_and_missing_keys_are_refused():
     del raw["tokenizer"]["methd"], raw["tokenizer"]["method"]
     with pytest.raises(params.ParamError, match=r"tokenizer\.method.*missing"):
         params._build(params.TokenizerParams, raw, "tokenizer")
+
+
+def test_gpu_profile_lays_its_values_over_the_groups(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(_with({"profile": "gpu"})))
+    p = params.load(path, tuple(params.GROUPS))
+    assert p.tokenizer.final_exponent == -3
+    assert (p.model.n_layer, p.model.n_embd, p.model.n_head) == (6, 768, 12)
+    assert p.sample.per_class * 10 == p.eval.num_samples == 10000
+    assert p.model.position == "wavelet"  # not in the profile: the group's own value
+    cpu = params.load(REPO / "params.yaml", tuple(params.GROUPS))
+    assert cpu.tokenizer.final_exponent == -1 and cpu.model.n_layer == 4
+
+
+def test_bad_profiles_are_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(_with({"profile": "tpu"})))
+    with pytest.raises(params.ParamError, match="profile='tpu'.*cpu, gpu"):
+        params.load(path)
+    raw = _with({"profile": "gpu"})
+    raw["profiles"]["gpu"]["trian"] = {"steps": 1}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(params.ParamError, match="profiles.gpu.trian"):
+        params.load(path)
+    raw = _with({"profile": "gpu"})
+    raw["profiles"]["gpu"]["train"]["stpes"] = 1
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(params.ParamError, match="train.stpes.*known keys"):
+        params.load(path, ("train",))
