@@ -178,12 +178,12 @@ def write_samples(path: Path, labels: np.ndarray, encoded: coder.Encoded, images
 
 def read_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
     """labels, e0, token sequences, images (N, 28, 28) uint8 of a samples.parquet."""
-    table = pq.read_table(path)
-    images = np.stack([np.asarray(a, np.uint8) for a in table.column("image").to_pylist()]) if table.num_rows \
-        else np.zeros((0, 784), np.uint8)
+    table = pq.read_table(path, schema=SAMPLES_SCHEMA).combine_chunks()
+    images = table.column("image").chunk(0).flatten().to_numpy().astype(np.uint8) if table.num_rows \
+        else np.zeros(0, np.uint8)
     tokens = [np.asarray(a, np.uint8) for a in table.column("tokens").to_pylist()]
     return (table.column("label").to_numpy(), table.column("initial_exponent").to_numpy(), tokens,
-            images.reshape(len(images), 28, 28))
+            images.reshape(table.num_rows, 28, 28))
 
 
 def class_list(classes, n_classes: int) -> list[int]:

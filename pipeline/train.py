@@ -85,6 +85,7 @@ class LengthBatches:
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, world: int = 1, rank: int = 0):
         self.lengths, self.batch_size, self.seed, self.world, self.rank = lengths, batch_size, seed, world, rank
         self.per_epoch = max(1, len(lengths) // (batch_size * world))
+        self._epoch_number, self._batches = -1, []
 
     def _epoch(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
@@ -96,10 +97,9 @@ class LengthBatches:
 
     def rows(self, step: int) -> np.ndarray:
         epoch, index = divmod(step, self.per_epoch)
-        if getattr(self, "_cached_epoch", None) != epoch:
-            self._cached_epoch, self._cached = epoch, self._epoch(epoch)
-        batches = self._cached
-        return batches[(index * self.world + self.rank) % len(batches)]
+        if epoch != self._epoch_number:
+            self._epoch_number, self._batches = epoch, self._epoch(epoch)
+        return self._batches[(index * self.world + self.rank) % len(self._batches)]
 
 
 # ----- model, optimiser, schedule -----

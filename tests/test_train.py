@@ -98,11 +98,13 @@ def test_position_and_condition_ablations_train(tmp_path, tokens, position, cond
 
 def test_sigkill_then_rerun_gives_the_same_weights(tmp_path, tokens):
     settings = {"steps": 150, "checkpoint_every": 5, "eval_every": 1000}
-    straight = workdir(tmp_path / "straight", tokens, train=settings) if (tmp_path / "straight").mkdir() is None else None
+    (tmp_path / "straight").mkdir()
+    (tmp_path / "killed").mkdir()
+    straight = workdir(tmp_path / "straight", tokens, train=settings)
     code, out = run_stage(straight, "train")
     assert code == 0, out
 
-    killed = workdir(tmp_path / "killed", tokens, train=settings) if (tmp_path / "killed").mkdir() is None else None
+    killed = workdir(tmp_path / "killed", tokens, train=settings)
     process = run_stage(killed, "train", wait=False)
     checkpoint = killed / "data/checkpoints/last.pt"
     deadline = time.monotonic() + 300
