@@ -52,7 +52,8 @@ def test_stage_writes_the_data_contract(small_dwt, tmp_path, method):
     assert np.array_equal(split.labels, labels) and np.array_equal(split.index, np.arange(250))
 
     meta = shards.read_meta(out)
-    assert meta["method"] == method and meta["final_exponent"] == -3 and meta["wavelet"] == "haar"
+    assert meta["method"] == method and meta["wavelet"] == "haar"
+    assert meta["final_exponent"] == p.tokenizer.final_exponent
     assert meta["token_names"][7] == "ZeroTree" and meta["size"] == 32
     assert meta["splits"]["test"]["images"] == 250
     assert sum(sum(c.values()) for c in meta["initial_exponent_counts"].values()) == 250
@@ -61,7 +62,7 @@ def test_stage_writes_the_data_contract(small_dwt, tmp_path, method):
     saved = json.loads((tmp_path / "tokenize.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     for split_name in ("train", "test"):
-        assert saved[split_name]["psnr_db"] > 25  # f = -3 keeps digits nearly exact
+        assert saved[split_name]["psnr_db"] > 18  # f = -1: about 20 dB on MNIST
         by_plane = saved[split_name]["tokens_per_image_by_plane"]
         assert abs(sum(by_plane.values()) - saved[split_name]["length_mean"]) < 0.01
     assert (tmp_path / "fig" / "progressive.png").stat().st_size > 10_000
