@@ -197,6 +197,15 @@ def decode(tokens, initial_exponent: int, language: Language) -> np.ndarray:
                         [initial_exponent], language)[0]
 
 
+def decode_after_each_plane(encoded: Encoded, j: int, language: Language, planes: int) -> np.ndarray:
+    """(planes, M, M): sequence j decoded from its prefix up to the end of bit-plane 0, 1, ...
+    (the coarse-to-fine view; planes past the sequence's last repeat its full decode)."""
+    seq = slice(encoded.offsets[j], encoded.offsets[j + 1])
+    tokens, bp = encoded.tokens[seq], encoded.bp[seq]
+    e0 = int(encoded.initial_exponents[j])
+    return np.stack([decode(tokens[bp <= plane], e0, language) for plane in range(planes)])
+
+
 def _raise_decode_error(sequence, e0, index, reason, language, j):
     scan = grammar.BatchScan(language, [e0], canonical=False)
     for token in sequence[:index]:

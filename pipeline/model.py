@@ -82,9 +82,8 @@ class WaveletGPT(GPT2PreTrainedModel):
         super().__init__(config)
         d = config.n_embd
         self.transformer = GPT2Model(config)
-        # Inputs come in as the summed embeddings below, so GPT-2's token table is never read (and
-        # its position table only for `sequence` / `both`): out of training, and out of DDP's way.
-        self.transformer.wte.requires_grad_(False)
+        self.transformer.wte = None  # inputs come in as the summed embeddings below
+        # GPT-2's position table is read only for `sequence` / `both`: keep it out of DDP's way.
         if config.position == "wavelet":
             self.transformer.wpe.requires_grad_(False)
         self.token = nn.Embedding(VOCAB_SIZE + 1, d)

@@ -202,19 +202,19 @@ def progressive_figure(model: WaveletGPT, encoded: coder.Encoded, labels: np.nda
     count = min(PROGRESSIVE_EXAMPLES, len(labels))
     planes = int(language.planes(encoded.initial_exponents[:count]).max())
     cells = np.zeros((2 * count, planes, c.image_height, c.image_width))
+    # The coefficient maps are shown at the image's scale (nearest-neighbour resize).
+    rows = np.arange(c.image_height) * c.size // c.image_height
+    cols = np.arange(c.image_width) * c.size // c.image_width
     for j in range(count):
         seq = slice(encoded.offsets[j], encoded.offsets[j + 1])
-        tokens, bp, i1, i2 = encoded.tokens[seq], encoded.bp[seq], encoded.i1[seq], encoded.i2[seq]
+        bp, i1, i2 = encoded.bp[seq], encoded.i1[seq], encoded.i2[seq]
+        approx = coder.decode_after_each_plane(encoded, j, language, planes)
+        cells[2 * j, :planes] = np.clip(wavelets.crop(wavelets.inverse(approx, c.wavelet),
+                                                     c.image_height, c.image_width), 0, 1)
         for plane in range(planes):
-            approx = coder.decode(tokens[bp <= plane], int(encoded.initial_exponents[j]), language)
-            cells[2 * j, plane] = np.clip(wavelets.crop(wavelets.inverse(approx, c.wavelet),
-                                                       c.image_height, c.image_width), 0, 1)
             where = np.zeros((c.size, c.size))
             np.add.at(where, (i1[bp == plane], i2[bp == plane]), 1)
             scaled = where / max(1.0, where.max())
-            # Show the coefficient map at the image's scale (nearest-neighbour resize).
-            rows = np.arange(c.image_height) * c.size // c.image_height
-            cols = np.arange(c.image_width) * c.size // c.image_width
             cells[2 * j + 1, plane] = scaled[np.ix_(rows, cols)]
     row_labels = [text for j in range(count) for text in
                   (f"class {labels[j]}\n{encoded.lengths[j]} tok", "token\npositions")]

@@ -64,11 +64,8 @@ def progressive_figure(coeffs: np.ndarray, language: Language, wavelet: str, pat
     planes = int(language.planes(encoded.initial_exponents).max())
     cells = np.zeros((len(coeffs), planes + 1, *IMAGE_SIZE))
     for j in range(len(coeffs)):
-        sequence, bp = encoded.sequence(j), encoded.bp[encoded.offsets[j]:encoded.offsets[j + 1]]
-        for plane in range(planes):
-            prefix = sequence[bp <= plane]
-            approx = coder.decode(prefix, int(encoded.initial_exponents[j]), language)
-            cells[j, plane] = wavelets.crop(wavelets.inverse(approx, wavelet), *IMAGE_SIZE)
+        approx = coder.decode_after_each_plane(encoded, j, language, planes)
+        cells[j, :planes] = wavelets.crop(wavelets.inverse(approx, wavelet), *IMAGE_SIZE)
         cells[j, planes] = wavelets.crop(wavelets.inverse(np.asarray(coeffs[j]), wavelet), *IMAGE_SIZE)
     counts = [f"bp {b}" for b in range(planes)] + ["original"]
     rows = [f"e0={e}\n{n} tok" for e, n in zip(encoded.initial_exponents, encoded.lengths)]
