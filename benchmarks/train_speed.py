@@ -1,7 +1,7 @@
 """Training throughput of the wavelet transformer: tokens/s and model FLOP/s.
 
     python benchmarks/train_speed.py --shape distilgpt2 --device cuda --batch-size 32 [--compile]
-    python benchmarks/train_speed.py --shape small --device cpu
+    python benchmarks/train_speed.py --shape small --device cpu [--precision fp32]
 
 Uses the real pipeline's batches (length-bucketed, grammar-masked) from data/tokens when it
 exists, else random sequences of --length tokens. FLOPs per token: 6 N (N = non-embedding
@@ -32,17 +32,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--length", type=int, default=1200, help="sequence length without data/tokens")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="as train.precision")
+    parser.add_argument("--dropout", type=float, default=0.0, help="as model.dropout")
     parser.add_argument("--tokens", default="data/tokens")
     args = parser.parse_args()
 
     device = train.resolve_device(args.device)
     n_layer, n_embd, n_head = SHAPES[args.shape]
     config = WaveletGPTConfig(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=1,
-                              max_planes=8, e0_min=0, e0_max=4, attn_implementation="sdpa")
+                              max_planes=8, e0_min=0, e0_max=4, attn_implementation="sdpa",
+                              resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout)
     model = WaveletGPT(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     forward = torch.compile(model) if args.compile else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
 
     if Path(args.tokens, "meta.json").is_file():
         meta = shards.read_meta(args.tokens)
@@ -89,7 +92,8 @@ def main() -> None:
                         if "transformer.h." in name or name == "head.weight")
     flops_per_token = 6 * non_embedding + 6 * n_layer * float(np.mean(widths)) * n_embd
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"date {date.today()}, {name}, torch {torch.__version__}, compile={args.compile}")
+    print(f"date {date.today()}, {name}, torch {torch.__version__}, compile={args.compile}, "
+          f"precision {args.precision}, dropout {args.dropout}")
     print(f"shape {args.shape} ({n_layer} x {n_embd}, {n_head} heads, {non_embedding / 1e6:.2f}M non-embedding "
           f"params), batch {args.batch_size}, data {source}")
     print(f"train: {real / elapsed:,.0f} real tokens/s ({padded / elapsed:,.0f} incl. padding), "

@@ -51,6 +51,9 @@ class WaveletGPTConfig(GPT2Config):
         kwargs.setdefault("vocab_size", VOCAB_SIZE + 1)
         kwargs.setdefault("bos_token_id", START)
         kwargs.setdefault("eos_token_id", None)
+        # GPT-2's tanh GELU (`gelu_new`) as one fused kernel instead of five elementwise ops: the
+        # same function, and ~15% faster training on CPU where those ops dominate small models.
+        kwargs.setdefault("activation_function", "gelu_pytorch_tanh")
         super().__init__(**kwargs)
         self.position = position
         self.condition = condition
@@ -122,8 +125,10 @@ class WaveletGPT(GPT2PreTrainedModel):
         dropout = self.config.attn_pdrop if self.training else 0.0
         for block in self.transformer.h:
             q, k, v = _heads(block, x, self.config.n_head)
+            if q.device.type == "cpu":  # PyTorch's CPU flash attention runs faster in fp32 than in bf16
+                q, k, v = q.float(), k.float(), v.float()
             attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-            x = x + _merge_heads(block, attended)
+            x = x + _merge_heads(block, attended.to(x.dtype))
             x = x + block.mlp(block.ln_2(x))
         return self.head(self.transformer.ln_f(x))
 

@@ -15,6 +15,7 @@ import yaml
 DATASETS = ("mnist", "fashion_mnist")
 TOKENIZER_METHODS = ("zeroblock", "zerotree")
 INITIAL_THRESHOLDS = ("per_image", "uniform")
+PRECISIONS = ("bf16", "fp32")
 
 
 class ParamError(ValueError):
@@ -169,6 +170,7 @@ class TrainParams(_Group):
     eval_batches: int
     final_eval_images: int | None
     checkpoint_every: int
+    precision: str
     compile: bool
 
     def validate(self, g: str) -> None:
@@ -187,6 +189,7 @@ class TrainParams(_Group):
         _check_int(f"{g}.eval_batches", self.eval_batches, lo=1)
         _check_limit(f"{g}.final_eval_images", self.final_eval_images)
         _check_int(f"{g}.checkpoint_every", self.checkpoint_every, lo=1)
+        _check_choice(f"{g}.precision", self.precision, PRECISIONS)
         _check_bool(f"{g}.compile", self.compile)
 
 

@@ -196,19 +196,22 @@ def class_list(classes, n_classes: int) -> list[int]:
 
 
 def progressive_figure(model: WaveletGPT, encoded: coder.Encoded, labels: np.ndarray, path: Path) -> None:
-    """A few samples after each bit-plane (top rows) and where that plane's tokens sit in the
-    32 x 32 coefficient matrix (bottom rows): the coarse-to-fine generation."""
+    """A few samples, of different classes where there are several, after each bit-plane (top
+    rows) and where that plane's tokens sit in the 32 x 32 coefficient matrix (bottom rows): the
+    coarse-to-fine generation."""
     c, language = model.config, language_of(model)
-    count = min(PROGRESSIVE_EXAMPLES, len(labels))
-    planes = int(language.planes(encoded.initial_exponents[:count]).max())
-    cells = np.zeros((2 * count, planes, c.image_height, c.image_width))
+    classes = np.unique(labels)
+    shown = classes[np.linspace(0, len(classes) - 1, min(PROGRESSIVE_EXAMPLES, len(classes))).astype(int)]
+    picks = [int(np.flatnonzero(labels == label)[0]) for label in shown]
+    planes = int(language.planes(encoded.initial_exponents[picks]).max())
+    cells = np.zeros((2 * len(picks), planes, c.image_height, c.image_width))
     # The coefficient maps are shown at the image's scale (nearest-neighbour resize).
     rows = np.arange(c.image_height) * c.size // c.image_height
     cols = np.arange(c.image_width) * c.size // c.image_width
-    for j in range(count):
-        seq = slice(encoded.offsets[j], encoded.offsets[j + 1])
+    for j, pick in enumerate(picks):
+        seq = slice(encoded.offsets[pick], encoded.offsets[pick + 1])
         bp, i1, i2 = encoded.bp[seq], encoded.i1[seq], encoded.i2[seq]
-        approx = coder.decode_after_each_plane(encoded, j, language, planes)
+        approx = coder.decode_after_each_plane(encoded, pick, language, planes)
         cells[2 * j, :planes] = np.clip(wavelets.crop(wavelets.inverse(approx, c.wavelet),
                                                      c.image_height, c.image_width), 0, 1)
         for plane in range(planes):
@@ -216,8 +219,8 @@ def progressive_figure(model: WaveletGPT, encoded: coder.Encoded, labels: np.nda
             np.add.at(where, (i1[bp == plane], i2[bp == plane]), 1)
             scaled = where / max(1.0, where.max())
             cells[2 * j + 1, plane] = scaled[np.ix_(rows, cols)]
-    row_labels = [text for j in range(count) for text in
-                  (f"class {labels[j]}\n{encoded.lengths[j]} tok", "token\npositions")]
+    row_labels = [text for pick in picks for text in
+                  (f"class {labels[pick]}\n{encoded.lengths[pick]} tok", "token\npositions")]
     figures.image_grid(cells, path, row_labels, [f"after bp {b}" for b in range(planes)],
                        title="Coarse-to-fine generation: image after each bit-plane, and that plane's token positions")
 

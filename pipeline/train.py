@@ -4,8 +4,9 @@
     torchrun --nproc-per-node 4 -m pipeline train       # DistributedDataParallel
 
 Sequences are batched by similar length (padding is masked out of the loss); AdamW with linear
-warmup and cosine decay; gradient clipping; fixed seeds. On CUDA the forward pass runs in bf16
-autocast with PyTorch's SDPA attention; on CPU in fp32. A checkpoint lands in data/checkpoints
+warmup and cosine decay; gradient clipping; fixed seeds. The forward pass runs in bf16 autocast
+(`train.precision`, on CUDA and on CPUs with bf16 instructions alike; fp32 weights and optimizer)
+with PyTorch's SDPA attention. A checkpoint lands in data/checkpoints
 every `train.checkpoint_every` steps; rerunning after an interruption continues from it and, on
 CPU, ends with the same weights as an uninterrupted run. Rank 0 logs (dvclive) and saves.
 """
@@ -275,7 +276,7 @@ def run(p: Params, device_name: str = "auto", tokens_root: str | Path = "data/to
     if dist.world > 1:
         trained = torch.nn.parallel.DistributedDataParallel(
             trained, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if t.precision == "bf16" else nullcontext()
 
     live = None
     if dist.is_main:

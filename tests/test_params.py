@@ -44,6 +44,7 @@ BAD = [
     ("train", {"model.position": "rope"}, "model.position", "wavelet, sequence, both"),
     ("train", {"train.lr": -1.0}, "train.lr", "> 0.0"),
     ("train", {"train.grammar_mask": "yes"}, "train.grammar_mask", "true or false"),
+    ("train", {"train.precision": "fp16"}, "train.precision", "bf16, fp32"),
     ("sample", {"sample.top_p": 0.0}, "sample.top_p", "> 0.0"),
     ("sample", {"sample.classes": "digits"}, "sample.classes", "list of class ids"),
     ("train_classifier", {"train_classifier.epochs": 0}, "train_classifier.epochs", ">= 1"),
