@@ -125,10 +125,8 @@ class WaveletGPT(GPT2PreTrainedModel):
         dropout = self.config.attn_pdrop if self.training else 0.0
         for block in self.transformer.h:
             q, k, v = _heads(block, x, self.config.n_head)
-            if q.device.type == "cpu":  # PyTorch's CPU flash attention runs faster in fp32 than in bf16
-                q, k, v = q.float(), k.float(), v.float()
             attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-            x = x + _merge_heads(block, attended.to(x.dtype))
+            x = x + _merge_heads(block, attended)
             x = x + block.mlp(block.ln_2(x))
         return self.head(self.transformer.ln_f(x))
 
