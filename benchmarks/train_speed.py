@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import grammar, shards, train
+from pipeline import grammar, params, shards, train
 from pipeline.model import START, WaveletGPT, WaveletGPTConfig, token_nll, unpack_valid
 
 SHAPES = {"distilgpt2": (6, 768, 12), "small": (4, 128, 4)}
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--length", type=int, default=1200, help="sequence length without data/tokens")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="as train.precision")
+    parser.add_argument("--precision", choices=params.PRECISIONS, default="bf16", help="as train.precision")
     parser.add_argument("--dropout", type=float, default=0.0, help="as model.dropout")
     parser.add_argument("--tokens", default="data/tokens")
     args = parser.parse_args()
