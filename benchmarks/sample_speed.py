@@ -17,7 +17,9 @@ from datetime import date
 import numpy as np
 import torch
 
-from pipeline import sample, train
+from pipeline import sample
+from pipeline.devices import resolve_device
+from pipeline.language import WaveletLanguage
 from pipeline.model import WaveletGPT, WaveletGPTConfig
 
 SHAPES = {"distilgpt2": (6, 768, 12), "small": (4, 128, 4)}
@@ -32,11 +34,12 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=1201)
     args = parser.parse_args()
 
-    device = train.resolve_device(args.device)
+    device = resolve_device(args.device)
     n_layer, n_embd, n_head = SHAPES[args.shape]
     counts = {str(c): {"1": 1, "2": 4} for c in range(10)}
-    config = WaveletGPTConfig(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=1, max_planes=6,
-                              e0_min=1, e0_max=2, initial_exponent_counts=counts)
+    config = WaveletGPTConfig.for_language(WaveletLanguage("haar", final_exponent=-3), n_layer=n_layer,
+                                           n_embd=n_embd, n_head=n_head, n_positions=1,
+                                           initial_exponent_counts=counts)
     model = WaveletGPT(config).to(device).eval()
     labels = np.arange(args.batch) % 10
     e0 = sample.draw_initial_exponents(model, labels, np.random.default_rng(0))

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import grammar, params, shards, train
-from pipeline.model import START, WaveletGPT, WaveletGPTConfig, token_nll, unpack_valid
+from pipeline import params, train
+from pipeline.devices import resolve_device
+from pipeline.language import WaveletLanguage
+from pipeline.model import WaveletGPT, WaveletGPTConfig, token_nll
 
 SHAPES = {"distilgpt2": (6, 768, 12), "small": (4, 128, 4)}
 
@@ -37,20 +39,19 @@ def main() -> None:
     parser.add_argument("--tokens", default="data/tokens")
     args = parser.parse_args()
 
-    device = train.resolve_device(args.device)
+    device = resolve_device(args.device)
     n_layer, n_embd, n_head = SHAPES[args.shape]
-    config = WaveletGPTConfig(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=1,
-                              max_planes=8, e0_min=0, e0_max=4, attn_implementation="sdpa",
-                              resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout)
+    language = WaveletLanguage("haar", final_exponent=-3)
+    config = WaveletGPTConfig.for_language(language, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=1,
+                                           attn_implementation="sdpa", resid_pdrop=args.dropout,
+                                           embd_pdrop=args.dropout, attn_pdrop=args.dropout)
     model = WaveletGPT(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     forward = torch.compile(model) if args.compile else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
 
     if Path(args.tokens, "meta.json").is_file():
-        meta = shards.read_meta(args.tokens)
-        language = grammar.Language(meta["size"], meta["method"], meta["final_exponent"], meta["initial_threshold"])
-        data = train.TokenData(shards.read_split(args.tokens, "train"), language)
+        meta, data, _ = train.load_data(Path(args.tokens))
         batches = train.LengthBatches(data.lengths, args.batch_size, seed=0)
         source = f"{args.tokens} (mean length {data.lengths.mean():.0f})"
         get = lambda step: data.batch(batches.rows(step), device)  # noqa: E731
@@ -60,9 +61,10 @@ def main() -> None:
         def get(step):
             shape = (args.batch_size, args.length)
             b = {k: torch.randint(0, 8, shape, device=device) for k in ("prev", "target", "bp")}
-            b["prev"][:, 0] = START
+            b["prev"][:, 0] = config.start_token
             b.update(i1=torch.randint(0, 32, shape, device=device), i2=torch.randint(0, 32, shape, device=device),
-                     mask=torch.full(shape, 0xFF, device=device), e0=torch.randint(0, 4, (shape[0],), device=device),
+                     valid=torch.ones(*shape, 8, dtype=torch.bool, device=device),
+                     e0=torch.randint(0, 4, (shape[0],), device=device),
                      label=torch.randint(0, 10, (shape[0],), device=device))
             return b
 
@@ -70,7 +72,7 @@ def main() -> None:
         b = get(i)
         with autocast:
             logits = forward(b["prev"], b["bp"], b["i1"], b["i2"], b["e0"], b["label"])
-        loss = token_nll(logits, b["target"], unpack_valid(b["mask"])).sum() / (b["target"] >= 0).sum()
+        loss = token_nll(logits, b["target"], b["valid"]).sum() / (b["target"] >= 0).sum()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

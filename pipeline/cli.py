@@ -1,10 +1,13 @@
 """`python -m pipeline <stage>`: one command per DVC stage, each reading params.yaml.
 
-Params are validated before any work starts; a bad value prints one line and exits with code 2.
+Each stage module declares the params it reads (`PARAMS`, the same keys as its `params:` in
+dvc.yaml) and a `main(params, device)`. The params are validated before any work starts; a bad
+value prints one line and exits with code 2. The failures a user can act on (a missing or
+corrupt input, a diverged run, no GPU for a GPU profile) print one line and exit with code 1.
 """
 from __future__ import annotations
 
-import functools
+import importlib
 import sys
 from pathlib import Path
 
@@ -14,94 +17,46 @@ from . import params as params_mod
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Stages of the wavelet-token pipeline (dvc.yaml runs these).")
-ParamsOption = typer.Option(Path("params.yaml"), "--params", help="params file to read")
+
+# stage -> (help, takes a device)
+STAGES = {
+    "download": ("Fetch and verify the dataset's IDX files into data/raw/<dataset>/.", False),
+    "dwt": ("DWT of every image into data/dwt/, with a perfect-reconstruction check.", False),
+    "tokenize": ("Token sequences of every image into Parquet shards in data/tokens/.", False),
+    "train": ("Train the transformer on data/tokens; the model goes to data/model/.", True),
+    "sample": ("Generate class-conditional samples from data/model into data/samples/.", True),
+    "train_classifier": ("Train the domain classifier (evaluation's feature extractor) into data/classifier/.", True),
+    "evaluate": ("FID, KID, IS, precision/recall, conditional accuracy and NLL into reports/metrics.json.", True),
+}
 
 
-def stage(func):
-    """Turn the errors a user can act on into one line on stderr and a non-zero exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except params_mod.ParamError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise typer.Exit(2) from None
-        except (RuntimeError, ValueError, FileNotFoundError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise typer.Exit(1) from None
-
-    return wrapper
+def run_stage(name: str, params_path: Path, device: str) -> None:
+    """Validate the stage's params, run it, and turn foreseeable failures into one line."""
+    try:
+        module = importlib.import_module(f"{__package__}.{name}")
+        p = params_mod.load(params_path, module.PARAMS)
+        module.main(p, device)
+    except params_mod.ParamError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    except (RuntimeError, ValueError, OSError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        raise typer.Exit(1) from None
 
 
-@app.command()
-@stage
-def download(params: Path = ParamsOption) -> None:
-    """Fetch and verify the dataset's IDX files into data/raw/<dataset>/."""
-    from . import download as stage_mod
-
-    p = params_mod.load(params)
-    stage_mod.run(p.dataset)
-
-
-@app.command()
-@stage
-def dwt(params: Path = ParamsOption) -> None:
-    """DWT of every image into data/dwt/, with a perfect-reconstruction check."""
-    from . import dwt as stage_mod
-
-    p = params_mod.load(params, ("dwt",))
-    stage_mod.run(p.dataset, p.wavelet, p.dwt.limit)
+def _command(name: str, help_text: str, takes_device: bool):
+    params_option = typer.Option(Path("params.yaml"), "--params", help="params file to read")
+    if takes_device:
+        def command(params: Path = params_option,
+                    device: str = typer.Option("auto", help="auto | cuda | cpu (or set WAVELET_DEVICE); "
+                                                            "not a tracked param")) -> None:
+            run_stage(name, params, device)
+    else:
+        def command(params: Path = params_option) -> None:
+            run_stage(name, params, "cpu")
+    command.__doc__ = help_text
+    app.command(name)(command)
 
 
-@app.command()
-@stage
-def tokenize(params: Path = ParamsOption) -> None:
-    """Wavelet-language sequences of every image into Parquet shards in data/tokens/."""
-    from . import tokenize as stage_mod
-
-    p = params_mod.load(params, ("tokenizer",))
-    stage_mod.run(p)
-
-
-DeviceOption = typer.Option("auto", help="auto | cuda | cpu (or set WAVELET_DEVICE); not a tracked param")
-
-
-@app.command()
-@stage
-def train(params: Path = ParamsOption, device: str = DeviceOption) -> None:
-    """Train the wavelet transformer on data/tokens; the model goes to data/model/."""
-    from . import train as stage_mod
-
-    p = params_mod.load(params, ("model", "train"))
-    stage_mod.run(p, device)
-
-
-@app.command()
-@stage
-def sample(params: Path = ParamsOption, device: str = DeviceOption) -> None:
-    """Generate class-conditional samples from data/model into data/samples/."""
-    from . import sample as stage_mod
-
-    p = params_mod.load(params, ("sample",))
-    stage_mod.run(p, device)
-
-
-@app.command("train_classifier")
-@stage
-def train_classifier(params: Path = ParamsOption, device: str = DeviceOption) -> None:
-    """Train the domain classifier (feature extractor for evaluation) into data/classifier/."""
-    from . import train_classifier as stage_mod
-
-    p = params_mod.load(params, ("train_classifier",))
-    stage_mod.run(p, device)
-
-
-@app.command()
-@stage
-def evaluate(params: Path = ParamsOption, device: str = DeviceOption) -> None:
-    """FID, KID, IS, precision/recall, conditional accuracy and NLL into reports/metrics.json."""
-    from . import evaluate as stage_mod
-
-    p = params_mod.load(params, ("eval",))
-    stage_mod.run(p, device)
+for _name, (_help, _takes_device) in STAGES.items():
+    _command(_name, _help, _takes_device)

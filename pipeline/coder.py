@@ -38,6 +38,15 @@ class Encoded:
     def sequence(self, j: int) -> np.ndarray:
         return self.tokens[self.offsets[j]:self.offsets[j + 1]]
 
+    def select(self, rows) -> "Encoded":
+        """The sequences at `rows`, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[rows]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        flat = np.repeat(self.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return Encoded(self.tokens[flat], self.bp[flat], self.i1[flat], self.i2[flat], offsets,
+                       self.initial_exponents[rows])
+
 
 def _check_coefficients(coeffs: np.ndarray, language: Language) -> np.ndarray:
     coeffs = np.asarray(coeffs)
@@ -172,15 +181,7 @@ def _decode_batch(table, approx, marks, counters, tokens, offsets, e0, method, f
 def decode_batch(tokens: np.ndarray, offsets: np.ndarray, initial_exponents, language: Language) -> np.ndarray:
     """Flat sequences -> (N, M, M) approximations. Any prefix of a valid sequence decodes (to a
     coarser approximation); a token that the grammar does not allow raises ValueError."""
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1 or not (np.issubdtype(tokens.dtype, np.integer) or tokens.size == 0):
-        raise ValueError(f"tokens must be a 1-D array of integer ids, got shape {tokens.shape} "
-                         f"and dtype {tokens.dtype}")
-    tokens = tokens.astype(np.int64)
-    offsets = np.asarray(offsets, dtype=np.int64)
-    e0 = np.atleast_1d(np.asarray(initial_exponents, dtype=np.int64))
-    if len(offsets) != len(e0) + 1:
-        raise ValueError(f"{len(e0)} initial exponents need {len(e0) + 1} offsets, got {len(offsets)}")
+    tokens, offsets, e0 = language.check_sequences(tokens, offsets, initial_exponents)
     state = grammar.new_state(language, 1)
     out = np.zeros((len(e0), language.n_coefficients))
     j, i, reason = _decode_batch(language.table, *state, tokens, offsets, e0, language.method_id,

@@ -26,6 +26,7 @@ MIRROR_ENV = "WAVELET_DATA_MIRROR"
 
 # Folder name of each dataset in a mirror, and the canonical public sources (in order of preference).
 MIRROR_FOLDER = {"mnist": "mnist", "fashion_mnist": "fashion-mnist"}
+PARAMS = ("dataset",)
 PUBLIC_URLS = {
     "mnist": [
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -138,7 +139,7 @@ def fetch_verified(dataset: str, name: str) -> bytes:
             raw, origin = source.fetch(name)
             content = _decompress(raw)
         except (OSError, EOFError, gzip.BadGzipFile) as error:
-            tried.append(f"  {source.location}: {error}")
+            tried.append(f"{source.location}: {error}")
             continue
         actual = hashlib.sha256(content).hexdigest()
         if actual != expected:
@@ -146,8 +147,8 @@ def fetch_verified(dataset: str, name: str) -> bytes:
         log(f"{name}: verified from {origin}")
         return content
     raise DownloadError(
-        f"could not fetch {name} for dataset {dataset!r}; sources tried:\n" + "\n".join(tried)
-        + f"\nSet {MIRROR_ENV} to a directory (or URL prefix) holding "
+        f"could not fetch {name} for dataset {dataset!r}; sources tried: " + "; ".join(tried)
+        + f". Set {MIRROR_ENV} to a directory (or URL prefix) holding "
         f"{MIRROR_FOLDER[dataset]}/{name}.gz, e.g. export {MIRROR_ENV}=/path/to/datasets"
     )
 
@@ -165,3 +166,7 @@ def run(dataset: str, out_root: str | Path = "data/raw") -> Path:
             np.save(tmp / f"{split}_labels.npy", labels.astype(np.int16))
     log(f"wrote {final}")
     return final
+
+
+def main(p, device: str) -> None:
+    run(p.dataset)

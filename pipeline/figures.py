@@ -58,3 +58,36 @@ def bars(names: list[str], values: list[float], path: str | Path, xlabel: str, y
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     save(fig, path)
+
+
+def progressive_figure(language, encoded, picks, path: str | Path, row_labels: list[str], title: str,
+                       originals: np.ndarray | None = None, show_positions: bool = False) -> None:
+    """Sequences `picks` of `encoded`, each decoded after every stage of its language (bit-planes
+    for wavelets), coarse to fine, one row each; `originals` (N, H, W) in [0, 1] add a last
+    column; `show_positions` adds a row under each with where that stage's tokens sit (i1, i2),
+    at the image's scale."""
+    decoded = [language.progressive(encoded, j) for j in picks]
+    stages = max(len(names) for _, names, _ in decoded)
+    names = max((names for _, names, _ in decoded), key=len)
+    height, width = decoded[0][0].shape[1:]
+    per_pick = 2 if show_positions else 1
+    cells = np.zeros((per_pick * len(picks), stages + (originals is not None), height, width))
+    rows = np.arange(height) * language.size // height
+    cols = np.arange(width) * language.size // width
+    labels = []
+    for n, (j, (images, _, stage_of_token)) in enumerate(zip(picks, decoded)):
+        r = per_pick * n
+        cells[r, :len(images)] = images
+        cells[r, len(images):stages] = images[-1]  # a shorter sequence is complete: repeat its image
+        if originals is not None:
+            cells[r, stages] = originals[n]
+        labels.append(row_labels[n])
+        if show_positions:
+            seq = slice(encoded.offsets[j], encoded.offsets[j + 1])
+            i1, i2 = encoded.i1[seq], encoded.i2[seq]
+            for stage in range(len(images)):
+                where = np.zeros((language.size, language.size))
+                np.add.at(where, (i1[stage_of_token == stage], i2[stage_of_token == stage]), 1)
+                cells[r + 1, stage] = (where / max(1.0, where.max()))[np.ix_(rows, cols)]
+            labels.append("token\npositions")
+    image_grid(cells, path, labels, list(names) + (["original"] if originals is not None else []), title=title)

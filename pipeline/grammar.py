@@ -59,6 +59,8 @@ _NOW_SIGNIFICANT = (1 << NOW_SIGNIFICANT_NEG) | (1 << NOW_SIGNIFICANT_POS)
 #   counters int64   (B, N_COUNTERS)
 # and a language is one table, int64 (5, K): row, column, flat index row * M + column, zero-tree
 # parent, subtree size.
+MAX_E0 = 1024  # frexp's exponent of the largest finite float64: the threshold table's end
+_POW2_OFFSET = 1100  # ... and its start: 2^-1100, below any threshold a valid language reaches
 M_FLAGS, M_SKIP, M_NEED = range(3)
 F_SIGNIFICANT, F_SUBTREE_SIGNIFICANT, F_BLOCK_DISSOLVED, F_GROUP_DISSOLVED = 1, 2, 4, 8
 (C_PLANE, C_CURSOR, C_PLANES, C_E0, C_NEED_PLANE, C_NEED_BLOCK, C_NEED_GROUP, C_DONE,
@@ -90,6 +92,8 @@ class Language:
             raise ValueError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
         if self.size < 4 or self.size & (self.size - 1):
             raise ValueError(f"size {self.size} is not a power of two >= 4")
+        if not -_POW2_OFFSET < self.final_exponent < MAX_E0:
+            raise ValueError(f"final exponent {self.final_exponent} is outside {1 - _POW2_OFFSET}..{MAX_E0 - 1}")
 
     @property
     def m(self) -> int:
@@ -170,17 +174,60 @@ class Language:
         flat = coeffs.reshape(n, -1)
         peak = np.maximum(flat.max(axis=1), -flat.min(axis=1))
         _, exponent = np.frexp(peak)  # peak = mantissa * 2^exponent, mantissa in [0.5, 1)
+        exponent = np.where(peak > 0, exponent, self.final_exponent + 1)  # frexp(0) is (0, 0)
         return np.maximum(exponent.astype(np.int64), self.final_exponent + 1)
 
     def planes(self, e0) -> np.ndarray:
         return np.asarray(e0, dtype=np.int64) - self.final_exponent
 
+    @property
+    def e0_bounds(self) -> tuple[int, int]:
+        """The initial exponents the kernels accept: at least f + 1 (one plane), at most what a
+        finite float64 coefficient can have (its threshold table ends there); m - 1 if uniform."""
+        if self.initial_threshold == "uniform":
+            return self.m - 1, self.m - 1
+        return self.final_exponent + 1, MAX_E0
+
+    def check_initial_exponents(self, initial_exponents) -> np.ndarray:
+        e0 = np.atleast_1d(np.asarray(initial_exponents))
+        if e0.ndim != 1 or not (np.issubdtype(e0.dtype, np.integer) or e0.size == 0):
+            raise ValueError(f"initial exponents must be a 1-D array of integers, got shape {e0.shape} "
+                             f"and dtype {e0.dtype}")
+        e0 = e0.astype(np.int64)
+        lo, hi = self.e0_bounds
+        bad = np.flatnonzero((e0 < lo) | (e0 > hi))
+        if len(bad):
+            raise ValueError(f"initial exponent {e0[bad[0]]} (sequence {bad[0]}) is outside {lo}..{hi}, "
+                             f"the range of this language (f={self.final_exponent}, "
+                             f"{self.initial_threshold} thresholds)")
+        return e0
+
+    def check_sequences(self, tokens, offsets, initial_exponents) -> tuple[np.ndarray, ...]:
+        """Flat sequences (tokens, offsets) and their e0, checked so that no kernel reads out of
+        bounds: int64 copies, or ValueError naming what is wrong."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or not (np.issubdtype(tokens.dtype, np.integer) or tokens.size == 0):
+            raise ValueError(f"tokens must be a 1-D array of integer ids, got shape {tokens.shape} "
+                             f"and dtype {tokens.dtype}")
+        offsets = np.asarray(offsets)
+        if offsets.ndim != 1 or not np.issubdtype(offsets.dtype, np.integer):
+            raise ValueError(f"offsets must be a 1-D array of integers, got shape {offsets.shape} "
+                             f"and dtype {offsets.dtype}")
+        e0 = self.check_initial_exponents(initial_exponents)
+        if len(offsets) != len(e0) + 1:
+            raise ValueError(f"{len(e0)} initial exponents need {len(e0) + 1} offsets, got {len(offsets)}")
+        offsets = offsets.astype(np.int64)
+        if offsets[0] < 0 or offsets[-1] > len(tokens) or (np.diff(offsets) < 0).any():
+            raise ValueError(f"offsets must rise from >= 0 to <= {len(tokens)} (the number of tokens); "
+                             f"got {offsets[0]}..{offsets[-1]}"
+                             + (" with a decrease" if (np.diff(offsets) < 0).any() else ""))
+        return tokens.astype(np.int64), offsets, e0
+
 
 # ----- compiled kernels: state b is row b of (approx, marks, counters) -----
 
 # 2^e for every exponent a float64 threshold can have, so a threshold is one table lookup.
-_POW2_OFFSET = 1100
-_POW2 = np.ldexp(1.0, np.arange(-_POW2_OFFSET, 1024))
+_POW2 = np.ldexp(1.0, np.arange(-_POW2_OFFSET, MAX_E0))
 
 
 @njit(cache=True, inline="always")
@@ -263,7 +310,9 @@ def reset(approx, marks, counters, b, e0, method, final_exponent, plane0_uncover
     counters[b, C_DONE] = counters[b, C_PLANES] <= 0
     counters[b, C_METHOD] = method
     counters[b, C_PLANE0_UNCOVERS] = plane0_uncovers
-    counters[b, C_NEED_PLANE] = n if plane0_uncovers else 0
+    # Plane 0 must uncover something, except at e0 = f + 1: there the image may lie wholly below
+    # the one threshold 2^f (a blank image, or e0 raised to f + 1), and nothing is uncovered.
+    counters[b, C_NEED_PLANE] = n if plane0_uncovers and e0 > final_exponent + 1 else 0
 
 
 @njit(cache=True, inline="always")
@@ -409,7 +458,7 @@ class BatchScan:
     def __init__(self, language: Language, initial_exponents, canonical: bool = True):
         self.language = language
         self.canonical = canonical
-        e0 = np.atleast_1d(np.asarray(initial_exponents, dtype=np.int64))
+        e0 = language.check_initial_exponents(initial_exponents)
         self.state = new_state(language, len(e0))
         _reset_all(*self.state, e0, language.method_id, language.final_exponent,
                    int(language.plane0_uncovers))
@@ -456,27 +505,52 @@ def store_matrix(table, approx, b, out):
 
 
 @njit(cache=True)
-def _sequence_masks(table, approx, marks, counters, tokens, offsets, e0, method, final_exponent,
-                    plane0_uncovers, out):
+def _sequence_masks(table, approx, marks, counters, tokens, bp, i1, i2, offsets, e0, method,
+                    final_exponent, plane0_uncovers, out):
+    """Returns (-1, 0, 0), or (sequence, index in it, reason) of the first problem: 1 a token the
+    grammar (canonical form) does not allow, 2 a position that is not the scan's, 3 a sequence
+    that ends before its last plane does."""
+    positions = len(bp) > 0
     for j in range(len(e0)):
         reset(approx, marks, counters, 0, e0[j], method, final_exponent, plane0_uncovers)
         for i in range(offsets[j], offsets[j + 1]):
             mask = valid_mask(table, marks, counters, 0, True)
             if not (mask >> tokens[i]) & 1:
-                return j
+                return j, i - offsets[j], 1
+            k = counters[0, C_CURSOR]
+            if positions and (bp[i] != counters[0, C_PLANE] or i1[i] != table[T_ROW, k] or i2[i] != table[T_COL, k]):
+                return j, i - offsets[j], 2
             out[i] = mask
             apply(table, approx, marks, counters, 0, tokens[i])
-    return -1
+        if not counters[0, C_DONE]:
+            return j, offsets[j + 1] - offsets[j], 3
+    return -1, 0, 0
 
 
-def sequence_masks(tokens: np.ndarray, offsets: np.ndarray, initial_exponents, language: Language) -> np.ndarray:
+def sequence_masks(tokens: np.ndarray, offsets: np.ndarray, initial_exponents, language: Language,
+                   positions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """The canonical valid-id bitmask in front of every token of every sequence (flat, aligned
-    with tokens): what the model may choose from at each step, for masked training and NLL."""
+    with tokens): what the model may choose from at each step, for masked training and NLL.
+    Every sequence must be complete and canonical; with `positions` (bp, i1, i2 of every token)
+    those must be the scan's too. ValueError names the first sequence that is not."""
+    tokens, offsets, e0 = language.check_sequences(tokens, offsets, initial_exponents)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= VOCAB_SIZE):
+        bad = int(np.flatnonzero((tokens < 0) | (tokens >= VOCAB_SIZE))[0])
+        raise ValueError(f"token {tokens[bad]} at index {bad} is not an id of the language (0..{VOCAB_SIZE - 1})")
+    if positions is None:
+        bp = i1 = i2 = np.zeros(0, np.int64)
+    else:
+        bp, i1, i2 = (np.asarray(a, np.int64) for a in positions)
+        if not len(bp) == len(i1) == len(i2) == len(tokens):
+            raise ValueError(f"positions of {len(bp)}, {len(i1)}, {len(i2)} tokens for {len(tokens)} tokens")
     out = np.zeros(len(tokens), dtype=np.uint8)
-    e0 = np.asarray(initial_exponents, dtype=np.int64)
-    bad = _sequence_masks(language.table, *new_state(language, 1), np.asarray(tokens, np.int64),
-                          np.asarray(offsets, np.int64), e0, language.method_id,
-                          language.final_exponent, int(language.plane0_uncovers), out)
-    if bad >= 0:
-        raise ValueError(f"sequence {bad} is not in canonical form; re-run `dvc repro tokenize`")
+    j, index, reason = _sequence_masks(language.table, *new_state(language, 1), tokens, bp, i1, i2, offsets,
+                                       e0, language.method_id, language.final_exponent,
+                                       int(language.plane0_uncovers), out)
+    if j >= 0:
+        problem = {1: f"token {index} is not valid there (not in the grammar's canonical form)",
+                   2: f"token {index} has position (bp, i1, i2) = ({bp[offsets[j] + index]}, "
+                      f"{i1[offsets[j] + index]}, {i2[offsets[j] + index]}), not the scan's",
+                   3: f"it ends after {index} tokens, before its last bit-plane does"}[reason]
+        raise ValueError(f"sequence {j}: {problem}")
     return out

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import InputError, load_npy
+
 SPLITS = ("train", "test")
+N_CLASSES = 10  # MNIST and FashionMNIST
 
 # IDX type codes (third byte of the magic number) to numpy dtypes; all multi-byte values are big-endian.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -30,8 +33,18 @@ def raw_dir(dataset: str, root: str | Path = "data/raw") -> Path:
 
 
 def load_split(dataset: str, split: str, root: str | Path = "data/raw") -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, H, W) uint8 and labels (N,) int16 of one split, as written by the download stage."""
+    """Images (N, H, W) uint8 and labels (N,) int16 of one split, as written by the download
+    stage (checked: InputError names a file that is not)."""
     folder = raw_dir(dataset, root)
-    images = np.load(folder / f"{split}_images.npy")
-    labels = np.load(folder / f"{split}_labels.npy")
-    return images, labels
+    images = load_npy(folder / f"{split}_images.npy", "download")
+    labels = load_npy(folder / f"{split}_labels.npy", "download")
+    if images.ndim != 3 or images.dtype != np.uint8 or not len(images):
+        raise InputError(folder / f"{split}_images.npy", f"holds {images.dtype} of shape {images.shape}, "
+                         "not (N, H, W) uint8 images", "download")
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(folder / f"{split}_labels.npy", f"holds {labels.dtype} of shape {labels.shape}, not "
+                         f"({len(images)},) integer labels", "download")
+    if labels.min() < 0 or labels.max() >= N_CLASSES:
+        raise InputError(folder / f"{split}_labels.npy", f"holds labels {labels.min()}..{labels.max()}, "
+                         f"not 0..{N_CLASSES - 1}", "download")
+    return images, labels.astype(np.int16)

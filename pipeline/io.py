@@ -1,5 +1,11 @@
-"""Atomic outputs: a stage writes into a temporary sibling and renames it into place when done,
-so an interrupted or failed run never leaves a half-written output behind."""
+"""Stage inputs and outputs.
+
+Outputs are atomic: a stage writes into a temporary sibling and renames it into place when done,
+so an interrupted or failed run never leaves a half-written output behind (and a failed run
+leaves the previous output in place). Inputs are checked where they are read: a file that is
+missing, unreadable or not what the previous stage promised raises InputError, one line naming
+the file, what is wrong and which stage to rerun.
+"""
 from __future__ import annotations
 
 import json
@@ -9,6 +15,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 # mkdtemp/mkstemp create private (0700/0600) paths; outputs get the usual permissions.
 _UMASK = os.umask(0)
@@ -44,6 +52,43 @@ def atomic_file(final: str | Path, mode: str = "w") -> Iterator:
         os.unlink(tmp)
         raise
     os.replace(tmp, final)
+
+
+class InputError(ValueError):
+    """A stage's input file is missing, unreadable or breaks the contract of the stage that wrote it."""
+
+    def __init__(self, path: str | Path, problem: str, producer: str | None = None, fix: str | None = None):
+        fix = fix or (f"rerun `dvc repro {producer}`" if producer else "fix or remove it")
+        super().__init__(f"{path}: {problem}; {fix}")
+
+
+def load_npy(path: str | Path, producer: str, mmap_mode: str | None = None) -> np.ndarray:
+    """An array written by stage `producer` (np.save), or InputError."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(path, "does not exist", producer) from None
+    except (OSError, ValueError, EOFError) as error:
+        raise InputError(path, f"is not a readable .npy array ({type(error).__name__}: {error})", producer) from None
+
+
+def read_json(path: str | Path, producer: str) -> dict:
+    """A JSON object written by stage `producer`, or InputError."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(path, "does not exist", producer) from None
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"is not valid JSON ({error})", producer) from None
+    if not isinstance(data, dict):
+        raise InputError(path, f"holds a {type(data).__name__}, not a JSON object", producer)
+    return data
+
+
+def require_keys(data: dict, keys, path: str | Path, producer: str) -> None:
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise InputError(path, f"lacks {', '.join(missing)}", producer)
 
 
 def write_json(path: str | Path, obj) -> None:

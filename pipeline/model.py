@@ -10,8 +10,8 @@ embedding and they are summed:
 
 `position` picks what tells the model where it is: `wavelet` (bp, row, col), `sequence` (GPT-2's
 absolute index table only) or `both`. `condition` is `class` (with a null class for classifier-free guidance) or
-`none`. Logits cover the 8 token ids; ids the grammar forbids at a step are masked to -inf before
-the softmax, so the NLL is the true code length of the sequence.
+`none`. Logits cover the language's token ids; ids the grammar forbids at a step are masked to
+-inf before the softmax, so the NLL is the true code length of the sequence.
 
 The blocks, LayerNorms and projections are HuggingFace's GPT-2 modules (so `save_pretrained` /
 `from_pretrained` work as usual); the forward pass over them is written here, a dozen lines with
@@ -21,6 +21,7 @@ position ids are needed (transformers reads repeated position ids as packed sequ
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,27 +30,23 @@ from transformers import GPT2Config, GPT2Model
 from transformers.models.gpt2.modeling_gpt2 import GPT2PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from .grammar import TOKEN_NAMES, VOCAB_SIZE
+from .io import InputError
+from .language import from_description
 
-START = VOCAB_SIZE  # input id of the start token; the model never predicts it
-POSITIONS = ("wavelet", "sequence", "both")
-CONDITIONS = ("class", "none")
 hf_logging.disable_progress_bar()  # the stages report their own progress
 
 
 class WaveletGPTConfig(GPT2Config):
-    """GPT-2's configuration plus what it takes to turn sampled tokens back into images."""
+    """GPT-2's configuration plus the token language (what it takes to turn sampled tokens back
+    into images) and the sizes of the position and condition tables."""
 
     model_type = "wavelet_gpt"
 
     def __init__(self, position: str = "wavelet", condition: str = "class", n_classes: int = 10,
-                 size: int = 32, max_planes: int = 8, e0_min: int = 0, e0_max: int = 3,
-                 wavelet: str = "haar", method: str = "zeroblock", final_exponent: int = -3,
-                 initial_threshold: str = "per_image", image_height: int = 28, image_width: int = 28,
-                 initial_exponent_counts: dict | None = None, token_names: list | None = None,
-                 **kwargs):
-        kwargs.setdefault("vocab_size", VOCAB_SIZE + 1)
-        kwargs.setdefault("bos_token_id", START)
+                 language: dict | None = None, token_vocab: int = 8, size: int = 32, max_planes: int = 8,
+                 e0_min: int = 0, e0_max: int = 3, initial_exponent_counts: dict | None = None, **kwargs):
+        kwargs.setdefault("vocab_size", token_vocab + 1)  # + the start token
+        kwargs.setdefault("bos_token_id", token_vocab)
         kwargs.setdefault("eos_token_id", None)
         # GPT-2's tanh GELU (`gelu_new`) as one fused kernel instead of five elementwise ops: the
         # same function, and ~15% faster training on CPU where those ops dominate small models.
@@ -58,23 +55,31 @@ class WaveletGPTConfig(GPT2Config):
         self.position = position
         self.condition = condition
         self.n_classes = n_classes
+        # language.describe(): the sampler rebuilds the language (and decodes images) from it.
+        self.language = language or {"family": "wavelet", "wavelet": "haar"}
+        self.token_vocab = token_vocab
         self.size = size
         self.max_planes = max_planes
         self.e0_min = e0_min
         self.e0_max = e0_max
-        self.wavelet = wavelet
-        self.method = method
-        self.final_exponent = final_exponent
-        self.initial_threshold = initial_threshold
-        self.image_height = image_height
-        self.image_width = image_width
         # {class: {e0: count}} from the training split; the sampler draws each sample's e0 from it.
         self.initial_exponent_counts = initial_exponent_counts or {}
-        self.token_names = token_names or list(TOKEN_NAMES)
+
+    @classmethod
+    def for_language(cls, language, **kwargs) -> "WaveletGPTConfig":
+        """A config whose tables cover every token, position and e0 the language allows."""
+        e0_min, e0_max = language.e0_range
+        return cls(language=language.describe(), token_vocab=language.vocab_size, size=language.size,
+                   max_planes=language.max_planes, e0_min=e0_min, e0_max=e0_max, **kwargs)
 
     @property
     def null_class(self) -> int:
         return self.n_classes
+
+    @property
+    def start_token(self) -> int:
+        """Input id of the start token (the model never predicts it)."""
+        return self.token_vocab
 
 
 class WaveletGPT(GPT2PreTrainedModel):
@@ -89,7 +94,7 @@ class WaveletGPT(GPT2PreTrainedModel):
         # GPT-2's position table is read only for `sequence` / `both`: keep it out of DDP's way.
         if config.position == "wavelet":
             self.transformer.wpe.requires_grad_(False)
-        self.token = nn.Embedding(VOCAB_SIZE + 1, d)
+        self.token = nn.Embedding(config.token_vocab + 1, d)
         self.uses_wavelet_position = config.position in ("wavelet", "both")
         if self.uses_wavelet_position:
             self.bp = nn.Embedding(config.max_planes, d)
@@ -98,7 +103,7 @@ class WaveletGPT(GPT2PreTrainedModel):
         self.e0 = nn.Embedding(config.e0_max - config.e0_min + 1, d)
         if config.condition == "class":
             self.label = nn.Embedding(config.n_classes + 1, d)  # + the null class
-        self.head = nn.Linear(d, VOCAB_SIZE, bias=False)
+        self.head = nn.Linear(d, config.token_vocab, bias=False)
         self.post_init()
 
     def embed(self, prev_tokens, bp, i1, i2, e0, labels):
@@ -119,8 +124,25 @@ class WaveletGPT(GPT2PreTrainedModel):
         index = torch.arange(start, start + x.shape[1], device=x.device).clamp_(max=self.config.n_positions - 1)
         return x + self.transformer.wpe(index)[None]
 
+    @property
+    def language(self):
+        return from_description(self.config.language)
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "WaveletGPT":
+        """The train stage's saved model, or InputError naming what cannot be read."""
+        if not Path(model_dir, "config.json").is_file():
+            raise InputError(model_dir, "holds no model (config.json)", "train")
+        try:
+            model = cls.from_pretrained(model_dir)
+            from_description(model.config.language)
+        except Exception as error:  # transformers, safetensors and json raise many kinds for a damaged file
+            raise InputError(model_dir, f"is not a loadable model ({type(error).__name__}: "
+                             f"{' '.join(str(error).split())[:300]})", "train") from None
+        return model
+
     def forward(self, prev_tokens, bp, i1, i2, e0, labels):
-        """Logits (B, T, VOCAB_SIZE) for the tokens at the given positions (causal)."""
+        """Logits (B, T, token_vocab) for the tokens at the given positions (causal)."""
         x = self.transformer.drop(self.embed_positions(self.embed(prev_tokens, bp, i1, i2, e0, labels), 0))
         dropout = self.config.attn_pdrop if self.training else 0.0
         for block in self.transformer.h:
@@ -168,12 +190,6 @@ def bits(nats: float) -> float:
     return nats / math.log(2)
 
 
-def unpack_valid(masks: torch.Tensor) -> torch.Tensor:
-    """(...,) uint8 grammar bitmasks -> (..., VOCAB_SIZE) bool."""
-    shifts = torch.arange(VOCAB_SIZE, device=masks.device)
-    return ((masks.long()[..., None] >> shifts) & 1).bool()
-
-
 class Decoder:
     """Token-by-token forward pass with a preallocated KV cache: the sampler's inner loop.
 
@@ -183,12 +199,12 @@ class Decoder:
     """
 
     def __init__(self, model: WaveletGPT, batch: int, capacity: int = 2048, dtype: torch.dtype | None = None):
-        c = model.config
+        config = model.config
         self.model = model
         parameter = next(model.parameters())
         self.dtype = dtype or parameter.dtype
-        self.heads, self.head_dim = c.n_head, c.n_embd // c.n_head
-        shape = (c.n_layer, batch, self.heads, capacity, self.head_dim)
+        self.heads, self.head_dim = config.n_head, config.n_embd // config.n_head
+        shape = (config.n_layer, batch, self.heads, capacity, self.head_dim)
         self.keys = torch.zeros(shape, dtype=self.dtype, device=parameter.device)
         self.values = torch.zeros_like(self.keys)
         self.length = 0
@@ -199,7 +215,7 @@ class Decoder:
 
     @torch.no_grad()
     def step(self, prev, bp, i1, i2, e0, labels) -> torch.Tensor:
-        """(B,) previous tokens and next positions, (B,) e0 and labels -> logits (B, VOCAB_SIZE)."""
+        """(B,) previous tokens and next positions, (B,) e0 and labels -> logits (B, token_vocab)."""
         m, t = self.model, self.length
         if t == self.keys.shape[3]:
             self._grow()

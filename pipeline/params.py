@@ -1,7 +1,12 @@
 """params.yaml: loading and validation, in one place.
 
-Each stage asks for the groups it reads; every value is checked before any work starts, and a
-bad value raises ParamError, which the CLI prints as one line and turns into exit code 2.
+params.yaml is composed from conf/ by DVC (Hydra): conf/config.yaml holds every choice with the
+cpu profile's values, conf/profile/<name>.yaml lays a profile over them, and `-S key=value`
+overrides win over both. So params.yaml always holds the values that ran.
+
+Each stage declares the keys it reads (`PARAMS`, the same as its params in dvc.yaml); those are
+checked before any work starts and nothing else can be read. A bad value raises ParamError, which
+the CLI prints as one line and turns into exit code 2; so does an unknown key.
 """
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ DATASETS = ("mnist", "fashion_mnist")
 TOKENIZER_METHODS = ("zeroblock", "zerotree")
 INITIAL_THRESHOLDS = ("per_image", "uniform")
 PRECISIONS = ("bf16", "fp32")
+PROFILES = ("cpu", "gpu")  # conf/profile/<name>.yaml
+POSITIONS = ("wavelet", "sequence", "both")  # what tells the model where a token sits
+CONDITIONS = ("class", "none")
 
 
 class ParamError(ValueError):
@@ -24,6 +32,13 @@ class ParamError(ValueError):
     def __init__(self, key: str, value: Any, allowed: str):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"params.yaml: {key}={value!r} is not allowed; expected {allowed}")
+
+
+class ParamsFileError(ParamError):
+    """params.yaml itself cannot be read as a mapping of params."""
+
+    def __init__(self, path: Path, problem: str):
+        ValueError.__init__(self, f"{path}: {problem}")
 
 
 def _discrete_wavelets() -> list[str]:
@@ -141,8 +156,6 @@ class ModelParams(_Group):
     condition: str
 
     def validate(self, g: str) -> None:
-        from .model import CONDITIONS, POSITIONS
-
         _check_int(f"{g}.n_layer", self.n_layer, lo=1)
         _check_int(f"{g}.n_head", self.n_head, lo=1)
         _check_int(f"{g}.n_embd", self.n_embd, lo=1)
@@ -253,41 +266,11 @@ class EvalParams(_Group):
         _check_int(f"{g}.seed", self.seed, lo=0)
 
 
-@dataclass(frozen=True)
-class Params:
-    dataset: str
-    wavelet: str
-    groups: dict
-
-    @property
-    def dwt(self) -> DwtParams:
-        return self.groups["dwt"]
-
-    @property
-    def tokenizer(self) -> TokenizerParams:
-        return self.groups["tokenizer"]
-
-    @property
-    def model(self) -> ModelParams:
-        return self.groups["model"]
-
-    @property
-    def train(self) -> TrainParams:
-        return self.groups["train"]
-
-    @property
-    def sample(self) -> SampleParams:
-        return self.groups["sample"]
-
-    @property
-    def train_classifier(self) -> TrainClassifierParams:
-        return self.groups["train_classifier"]
-
-    @property
-    def eval(self) -> EvalParams:
-        return self.groups["eval"]
-
-
+TOP_LEVEL = {
+    "profile": lambda value: _check_choice("profile", value, PROFILES),
+    "dataset": lambda value: _check_choice("dataset", value, DATASETS),
+    "wavelet": lambda value: _check_wavelet(value),
+}
 GROUPS = {
     "dwt": DwtParams,
     "tokenizer": TokenizerParams,
@@ -299,41 +282,63 @@ GROUPS = {
 }
 
 
-BASE_PROFILE = "cpu"
+ALL_KEYS = (*TOP_LEVEL, *GROUPS)
 
 
-def apply_profile(raw: dict) -> dict:
-    """The groups as written are the `cpu` profile; `profile: NAME` lays `profiles.NAME` over them
-    (so under a profile its own values win: override them as `-S profiles.NAME.train.steps=...`)."""
-    profiles = raw.get("profiles") or {}
-    if not isinstance(profiles, dict):
-        raise ParamError("profiles", profiles, "a mapping of profile names to group overrides")
-    name = raw.get("profile", BASE_PROFILE)
-    _check_choice("profile", name, [BASE_PROFILE, *profiles])
-    if name == BASE_PROFILE:
-        return raw
-    merged = {key: (dict(value) if isinstance(value, dict) else value) for key, value in raw.items()}
-    for group, overrides in (profiles[name] or {}).items():
-        if group not in GROUPS or not isinstance(overrides, dict):
-            raise ParamError(f"profiles.{name}.{group}", overrides, "a mapping for one of the groups " + ", ".join(GROUPS))
-        merged[group] = {**_group(raw, group), **overrides}
-    return merged
+def _check_wavelet(value: Any) -> str:
+    valid = _discrete_wavelets()
+    if value not in valid:
+        raise ParamError("wavelet", value, "a discrete PyWavelets wavelet: " + ", ".join(valid))
+    return value
 
 
-def load(path: str | Path = "params.yaml", groups: tuple[str, ...] = ()) -> Params:
-    """Read params.yaml and validate the top-level keys plus the named groups."""
+class Params:
+    """The validated values of the keys a stage declared (its `PARAMS`, also its param deps in
+    dvc.yaml). Reading any other key is an error: a stage cannot depend on a value DVC does not
+    track for it."""
+
+    def __init__(self, values: dict[str, Any]):
+        self._values = values
+
+    def __getattr__(self, key: str) -> Any:
+        values = self.__dict__.get("_values", {})
+        if key in values:
+            return values[key]
+        if key in TOP_LEVEL or key in GROUPS:
+            raise AttributeError(f"params key {key!r} was not declared by this stage (declared: "
+                                 f"{', '.join(values)}); add it to the stage's PARAMS and dvc.yaml")
+        raise AttributeError(key)
+
+
+def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ParamError("params file", str(path), "an existing YAML file") from None
+        raise ParamsFileError(path, "does not exist; run from the repository root or pass --params") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ParamsFileError(path, f"is not valid YAML{where} ({problem}); fix it, or regenerate it from "
+                              "conf/ (`dvc exp run` composes it)") from None
     if not isinstance(raw, dict):
-        raise ParamError("params file", str(path), "a YAML mapping")
-    raw = apply_profile(raw)
-    dataset = _check_choice("dataset", raw.get("dataset"), DATASETS)
-    wavelet = raw.get("wavelet")
-    valid_wavelets = _discrete_wavelets()
-    if wavelet not in valid_wavelets:
-        raise ParamError("wavelet", wavelet, "a discrete PyWavelets wavelet: " + ", ".join(valid_wavelets))
-    built = {name: _build(GROUPS[name], raw, name) for name in groups}
-    return Params(dataset=dataset, wavelet=wavelet, groups=built)
+        raise ParamsFileError(path, f"holds a {type(raw).__name__}, not a mapping of params")
+    return raw
+
+
+def load(path: str | Path = "params.yaml", keys: tuple[str, ...] = ()) -> Params:
+    """Read params.yaml and validate the named top-level keys and groups (nothing else is read)."""
+    raw = read_yaml(path)
+    for key in raw:
+        if key not in ALL_KEYS:  # a typo (here or in a conf/ profile) must not pass unnoticed
+            raise ParamError(str(key), raw[key], "no such key; known keys: " + ", ".join(ALL_KEYS))
+    values: dict[str, Any] = {}
+    for key in keys:
+        if key in TOP_LEVEL:
+            values[key] = TOP_LEVEL[key](raw.get(key))
+        elif key in GROUPS:
+            values[key] = _build(GROUPS[key], raw, key)
+        else:
+            raise KeyError(f"no params key {key!r}")  # a programming error, not a user's
+    return Params(values)

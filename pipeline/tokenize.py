@@ -1,4 +1,4 @@
-"""Stage `tokenize`: DWT coefficients -> wavelet-language sequences in Parquet shards.
+"""Stage `tokenize`: DWT coefficients -> token sequences in Parquet shards.
 
 Writes data/tokens/{train,test}/part-NNNNN.parquet and data/tokens/meta.json (spec section 9),
 the tokenizer metrics reports/tokenize.json, and the figures in reports/tokenize/.
@@ -9,31 +9,33 @@ from pathlib import Path
 
 import numpy as np
 
-from . import coder, dwt, figures, grammar, wavelets
-from .grammar import Language
-from .idx import SPLITS
+from . import dwt, figures, wavelets
+from .formats import write_shard
+from .idx import N_CLASSES, SPLITS
 from .io import atomic_dir, write_json
+from .language import WaveletLanguage
 from .params import Params
 from .progress import log, track
-from .shards import write_shard
 
+PARAMS = ("dataset", "wavelet", "tokenizer")
 IMAGE_SIZE = (28, 28)
 PROGRESSIVE_EXAMPLES = 6
 
 
-def language_for(p: Params, size: int) -> Language:
-    t = p.tokenizer
-    return Language(size, t.method, t.final_exponent, t.initial_threshold)
+def language_for(p: Params, size: int) -> WaveletLanguage:
+    settings = p.tokenizer
+    return WaveletLanguage(p.wavelet, settings.method, settings.final_exponent, settings.initial_threshold, size,
+                           *IMAGE_SIZE)
 
 
 def psnr(decoded: np.ndarray, original: np.ndarray) -> np.ndarray:
-    """Per-image PSNR in dB of [0, 1] images (decoded is clipped to [0, 1] first)."""
-    mse = ((np.clip(decoded, 0, 1) - original) ** 2).reshape(len(original), -1).mean(axis=1)
+    """Per-image PSNR in dB of uint8 decoded images against [0, 1] originals."""
+    mse = ((decoded / 255.0 - original) ** 2).reshape(len(original), -1).mean(axis=1)
     return 10 * np.log10(1.0 / np.maximum(mse, 1e-20))
 
 
-def tokenize_split(coeffs: np.ndarray, labels: np.ndarray, language: Language, wavelet: str,
-                   shard_size: int, out: Path, split: str) -> dict:
+def tokenize_split(coeffs: np.ndarray, labels: np.ndarray, language, wavelet: str, shard_size: int,
+                   out: Path, split: str) -> dict:
     """Encode one split shard by shard; returns its statistics."""
     (out / split).mkdir(parents=True)
     n = len(coeffs)
@@ -43,7 +45,7 @@ def tokenize_split(coeffs: np.ndarray, labels: np.ndarray, language: Language, w
     for shard, start in enumerate(track(starts, f"tokenize {split}", total=len(starts))):
         stop = min(n, start + shard_size)
         block = np.asarray(coeffs[start:stop])
-        encoded, approx = coder.encode(block, language, return_approximation=True)
+        encoded = language.encode(block)
         write_shard(out / split / f"part-{shard:05d}.parquet", encoded, np.arange(start, stop),
                     labels[start:stop])
         lengths.append(encoded.lengths)
@@ -51,56 +53,35 @@ def tokenize_split(coeffs: np.ndarray, labels: np.ndarray, language: Language, w
         counts = np.bincount(encoded.bp)
         plane_counts = np.pad(plane_counts, (0, max(0, len(counts) - len(plane_counts))))
         plane_counts[:len(counts)] += counts
-        decoded = wavelets.crop(wavelets.inverse(approx, wavelet), *IMAGE_SIZE)
         original = wavelets.crop(wavelets.inverse(block, wavelet), *IMAGE_SIZE)
-        psnrs.append(psnr(decoded, original))
+        psnrs.append(psnr(language.decode(encoded), original))
     lengths, e0s, psnrs = np.concatenate(lengths), np.concatenate(e0s), np.concatenate(psnrs)
     return {"lengths": lengths, "initial_exponents": e0s, "psnr": psnrs, "plane_counts": plane_counts}
-
-
-def progressive_figure(coeffs: np.ndarray, language: Language, wavelet: str, path: Path) -> None:
-    """A few images decoded after each bit-plane, coarse to fine, next to the original."""
-    encoded = coder.encode(np.asarray(coeffs), language)
-    planes = int(language.planes(encoded.initial_exponents).max())
-    cells = np.zeros((len(coeffs), planes + 1, *IMAGE_SIZE))
-    for j in range(len(coeffs)):
-        approx = coder.decode_after_each_plane(encoded, j, language, planes)
-        cells[j, :planes] = wavelets.crop(wavelets.inverse(approx, wavelet), *IMAGE_SIZE)
-        cells[j, planes] = wavelets.crop(wavelets.inverse(np.asarray(coeffs[j]), wavelet), *IMAGE_SIZE)
-    counts = [f"bp {b}" for b in range(planes)] + ["original"]
-    rows = [f"e0={e}\n{n} tok" for e, n in zip(encoded.initial_exponents, encoded.lengths)]
-    figures.image_grid(cells, path, rows, counts,
-                       title=f"Progressive decoding ({wavelet}, {language.method}, f={language.final_exponent})")
 
 
 def run(p: Params, dwt_root: str | Path = "data/dwt", out: str | Path = "data/tokens",
         metrics_path: str | Path = "reports/tokenize.json",
         figures_dir: str | Path = "reports/tokenize") -> dict:
-    t = p.tokenizer
-    stats, meta_splits = {}, {}
+    stats, meta_splits, labels_of = {}, {}, {}
     language = None
     with atomic_dir(out) as tmp:
         for split in SPLITS:
             coeffs, labels = dwt.load(split, dwt_root)
             language = language or language_for(p, coeffs.shape[-1])
-            s = tokenize_split(coeffs, labels, language, p.wavelet, t.shard_size, tmp, split)
-            stats[split] = s
-            lengths = s["lengths"]
+            split_stats = tokenize_split(coeffs, labels, language, p.wavelet, p.tokenizer.shard_size, tmp, split)
+            stats[split], labels_of[split] = split_stats, np.asarray(labels)
+            lengths = split_stats["lengths"]
             meta_splits[split] = {
                 "images": int(len(lengths)), "tokens": int(lengths.sum()),
                 "length_mean": float(lengths.mean()), "length_median": float(np.median(lengths)),
                 "length_min": int(lengths.min()), "length_max": int(lengths.max()),
             }
-            if split == "train":
-                train_labels = np.asarray(labels)
             log(f"{split}: {len(lengths)} images, mean length {lengths.mean():.1f}, max {lengths.max()}, "
-                f"PSNR {s['psnr'].mean():.2f} dB")
-        e0 = stats["train"]["initial_exponents"]
+                f"PSNR {split_stats['psnr'].mean():.2f} dB")
+        e0, train_labels = stats["train"]["initial_exponents"], labels_of["train"]
         meta = {
-            "dataset": p.dataset, "wavelet": p.wavelet, "method": t.method,
-            "final_exponent": t.final_exponent, "initial_threshold": t.initial_threshold,
-            "image_height": IMAGE_SIZE[0], "image_width": IMAGE_SIZE[1], "size": language.size,
-            "token_names": list(grammar.TOKEN_NAMES), "vocab_size": grammar.VOCAB_SIZE,
+            "dataset": p.dataset, "language": language.describe(),
+            "vocab_size": language.vocab_size, "token_names": language.token_names, "n_classes": N_CLASSES,
             "max_length": max(v["length_max"] for v in meta_splits.values()),
             "splits": meta_splits,
             # Per class, how often each initial exponent occurs in training: the sampler draws e0 from it.
@@ -111,24 +92,34 @@ def run(p: Params, dwt_root: str | Path = "data/dwt", out: str | Path = "data/to
         }
         write_json(tmp / "meta.json", meta)
 
-    metrics = {"method": t.method, "wavelet": p.wavelet, "final_exponent": t.final_exponent}
-    for split, s in stats.items():
-        planes = s["plane_counts"] / len(s["lengths"])
+    settings = p.tokenizer
+    metrics = {"method": settings.method, "wavelet": p.wavelet, "final_exponent": settings.final_exponent}
+    for split, split_stats in stats.items():
+        planes = split_stats["plane_counts"] / len(split_stats["lengths"])
         metrics[split] = {
             "length_mean": meta_splits[split]["length_mean"],
             "length_median": meta_splits[split]["length_median"],
             "length_max": meta_splits[split]["length_max"],
-            "psnr_db": float(s["psnr"].mean()),
-            "psnr_db_min": float(s["psnr"].min()),
+            "psnr_db": float(split_stats["psnr"].mean()),
+            "psnr_db_min": float(split_stats["psnr"].min()),
             "tokens_per_image_by_plane": {str(b): round(float(v), 3) for b, v in enumerate(planes)},
         }
     write_json(metrics_path, metrics)
 
     figures_dir = Path(figures_dir)
-    figures.histogram({split: s["lengths"] for split, s in stats.items()},
+    figures.histogram({split: split_stats["lengths"] for split, split_stats in stats.items()},
                       figures_dir / "length_histogram.png", "tokens per image",
-                      f"Sequence lengths ({p.dataset}, {p.wavelet}, {t.method}, f={t.final_exponent})")
+                      f"Sequence lengths ({p.dataset}, {p.wavelet}, {settings.method}, f={settings.final_exponent})")
     test_coeffs, _ = dwt.load("test", dwt_root)
-    progressive_figure(test_coeffs[:PROGRESSIVE_EXAMPLES], language, p.wavelet,
-                       figures_dir / "progressive.png")
+    examples = np.asarray(test_coeffs[:PROGRESSIVE_EXAMPLES])
+    encoded = language.encode(examples)
+    originals = wavelets.crop(wavelets.inverse(examples, p.wavelet), *IMAGE_SIZE)
+    figures.progressive_figure(
+        language, encoded, range(len(examples)), figures_dir / "progressive.png",
+        [f"e0={e}\n{n} tok" for e, n in zip(encoded.initial_exponents, encoded.lengths)],
+        f"Progressive decoding ({p.wavelet}, {settings.method}, f={settings.final_exponent})", originals=originals)
     return metrics
+
+
+def main(p: Params, device: str) -> None:
+    run(p)

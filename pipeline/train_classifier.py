@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import resolve_device
 from .idx import load_split
-from .io import atomic_dir, write_json
+from .io import InputError, atomic_dir, write_json
 from .params import Params
 from .progress import log, track
-from .train import resolve_device
+
+PARAMS = ("profile", "dataset", "train_classifier")
 
 
 class DigitClassifier(nn.Module):
@@ -60,32 +62,40 @@ def _shifted(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def load(path: str | Path, device="cpu") -> DigitClassifier:
-    state = torch.load(Path(path) / "classifier.pt", map_location=device, weights_only=False)
-    model = DigitClassifier(state["n_classes"], state["width"])
-    model.load_state_dict(state["weights"])
+    """The train_classifier stage's model, or InputError naming what cannot be read."""
+    path = Path(path) / "classifier.pt"
+    if not path.is_file():
+        raise InputError(path, "does not exist", "train_classifier")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        model = DigitClassifier(state["n_classes"], state["width"])
+        model.load_state_dict(state["weights"])
+    except Exception as error:  # torch raises many kinds for a damaged file
+        raise InputError(path, f"is not a readable classifier ({type(error).__name__}: {error})",
+                         "train_classifier") from None
     return model.to(device).eval()
 
 
 def run(p: Params, device_name: str = "auto", raw_root: str | Path = "data/raw",
         out: str | Path = "data/classifier", metrics_path: str | Path = "reports/classifier.json") -> dict:
-    c = p.train_classifier
-    device = resolve_device(device_name)
-    torch.manual_seed(c.seed)
-    generator = torch.Generator().manual_seed(c.seed)
+    settings = p.train_classifier
+    device = resolve_device(device_name, p.profile)
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     train_images, train_labels = load_split(p.dataset, "train", raw_root)
     test_images, test_labels = load_split(p.dataset, "test", raw_root)
     n_classes = int(train_labels.max()) + 1
-    model = DigitClassifier(n_classes, c.width).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=c.lr)
-    steps_per_epoch = len(train_images) // c.batch_size
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, c.lr, total_steps=c.epochs * steps_per_epoch)
+    model = DigitClassifier(n_classes, settings.width).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    steps_per_epoch = len(train_images) // settings.batch_size
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.lr, total_steps=settings.epochs * steps_per_epoch)
     labels = torch.as_tensor(train_labels.astype(np.int64))
     start = time.perf_counter()
     model.train()
-    for step in track(range(c.epochs * steps_per_epoch), "train_classifier"):
+    for step in track(range(settings.epochs * steps_per_epoch), "train_classifier"):
         if step % steps_per_epoch == 0:
             order = torch.randperm(len(train_images), generator=generator)
-        rows = order[(step % steps_per_epoch) * c.batch_size:][:c.batch_size]
+        rows = order[(step % steps_per_epoch) * settings.batch_size:][:settings.batch_size]
         x = _shifted(to_input(train_images[rows.numpy()], device), generator)
         loss = F.cross_entropy(model(x)[1], labels[rows].to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -95,7 +105,11 @@ def run(p: Params, device_name: str = "auto", raw_root: str | Path = "data/raw",
     accuracy = float((predict(model, test_images, device) == test_labels).mean())
     log(f"classifier test accuracy {accuracy:.4f} ({time.perf_counter() - start:.0f}s)")
     with atomic_dir(out) as tmp:
-        torch.save({"weights": model.state_dict(), "n_classes": n_classes, "width": c.width}, tmp / "classifier.pt")
-    metrics = {"dataset": p.dataset, "test_accuracy": accuracy, "epochs": c.epochs}
+        torch.save({"weights": model.state_dict(), "n_classes": n_classes, "width": settings.width}, tmp / "classifier.pt")
+    metrics = {"dataset": p.dataset, "test_accuracy": accuracy, "epochs": settings.epochs}
     write_json(metrics_path, metrics)
     return metrics
+
+
+def main(p: Params, device: str) -> None:
+    run(p, device)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,34 @@ def repo_copy(dest: Path) -> Path:
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
                    cwd=dest, check=True)
     return dest
+
+
+@pytest.fixture(scope="session")
+def tokens(mnist_raw, tmp_path_factory) -> Path:
+    """data/tokens of the first 300 MNIST images per split, f = -1 (a test image then has an e0
+    that no training image has, which once crashed the final test NLL)."""
+    import yaml
+
+    from pipeline import dwt, params
+    from pipeline import tokenize as tokenize_stage
+
+    root = tmp_path_factory.mktemp("tokens")
+    dwt.run("mnist", "haar", 300, mnist_raw, root / "dwt", root / "dwt.json")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["tokenizer"]["final_exponent"] = -1  # ~430 tokens per image keeps CPU steps quick
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    p = params.load(root / "params.yaml", tokenize_stage.PARAMS)
+    tokenize_stage.run(p, root / "dwt", root / "data" / "tokens", root / "t.json", root / "fig")
+    return root / "data" / "tokens"
+
+
+def run_stage(cwd: Path, *args: str, prefix=(), wait=True, pythonpath: Path = REPO, timeout: float = 600,
+              env: dict | None = None):
+    """`python -m pipeline <args>` in cwd on the CPU: (exit code, stdout + stderr), or the process."""
+    env = {**os.environ, "PYTHONPATH": str(pythonpath), "WAVELET_DEVICE": "cpu", "OMP_NUM_THREADS": "1", **(env or {})}
+    command = [*prefix, *(["-m", "pipeline"] if prefix else [sys.executable, "-m", "pipeline"]), *args]
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if not wait:
+        return process
+    out, _ = process.communicate(timeout=timeout)
+    return process.returncode, out

@@ -94,6 +94,21 @@ def test_refinement_moves_by_half_the_threshold():
     assert approx[0, 0, 0] == 1.875 and approx[0, 0, 1] == -1.125
 
 
+@pytest.mark.parametrize("method", ["zeroblock", "zerotree"])
+@pytest.mark.parametrize("peak", [0.0, 0.1])
+def test_an_image_below_the_last_threshold_is_canonical(method, peak):
+    # A blank image, or one wholly below 2^f, has e0 = f + 1 and uncovers nothing: the grammar
+    # must accept that (it once demanded an uncovering on plane 0, and frexp(0) gave e0 = 0).
+    language = Language(32, method, -2)
+    a = np.zeros((1, 32, 32))
+    a[0, 5, 5] = peak
+    encoded = coder.encode(a, language)
+    assert encoded.initial_exponents.tolist() == [-1]
+    grammar.sequence_masks(encoded.tokens, encoded.offsets, encoded.initial_exponents, language)
+    again = coder.encode(coder.decode(encoded.tokens, -1, language)[None], language)
+    assert np.array_equal(again.tokens, encoded.tokens)
+
+
 # ----- round trips -----
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150)
@@ -205,13 +220,55 @@ def test_invalid_token_names_position_token_and_valid_ids():
 @settings(**SETTINGS)
 @given(st.lists(st.integers(-1, 9), max_size=400), st.integers(-3, 3), languages)
 def test_fuzzed_sequences_decode_or_raise_value_error(ids, e0, language):
-    e0 = max(e0, language.final_exponent + 1)
+    if language.initial_threshold == "per_image":
+        e0 = max(e0, language.final_exponent + 1)
+    else:
+        e0 = language.m - 1
     try:
         out = coder.decode(np.array(ids, dtype=np.int64), e0, language)
     except ValueError as error:
         assert "position" in str(error)
     else:
         assert out.shape == (32, 32) and np.isfinite(out).all()
+
+
+# Any arguments at all: the public functions raise ValueError or answer, and the interpreter
+# survives (before they were checked, out-of-range offsets and exponents reached the kernels).
+integer_arrays = hnp.arrays(np.int64, st.integers(0, 6), elements=st.integers(-5000, 5000))
+
+
+@settings(**SETTINGS)
+@given(st.lists(st.integers(0, 7), max_size=200), integer_arrays, integer_arrays, languages)
+def test_any_arguments_to_the_decoder_and_grammar_raise_value_error_or_work(ids, offsets, e0, language):
+    tokens = np.array(ids, dtype=np.int64)
+    calls = [lambda: coder.decode_batch(tokens, offsets, e0, language),
+             lambda: grammar.sequence_masks(tokens, offsets, e0, language),
+             lambda: coder.decode(tokens, int(e0[0]) if len(e0) else 0, language),
+             lambda: grammar.BatchScan(language, e0)]
+    for call in calls:
+        try:
+            call()
+        except ValueError:
+            pass
+
+
+def test_out_of_range_arguments_are_named():
+    language = Language(32, "zeroblock", -1)
+    tokens = np.zeros(10, np.int64)
+    with pytest.raises(ValueError, match="offsets must rise"):
+        coder.decode_batch(tokens, [0, 5000], [1], language)
+    with pytest.raises(ValueError, match="offsets must rise"):
+        coder.decode_batch(tokens, [-3, 4], [1], language)
+    with pytest.raises(ValueError, match="with a decrease"):
+        coder.decode_batch(tokens, [0, 6, 4], [1, 1], language)
+    with pytest.raises(ValueError, match=r"initial exponent 5000 \(sequence 0\) is outside 0\.\.1024"):
+        coder.decode_batch(tokens, [0, 4], [5000], language)
+    with pytest.raises(ValueError, match="initial exponent -7"):
+        grammar.BatchScan(language, [1, -7])
+    with pytest.raises(ValueError, match="token 9 at index 3"):
+        grammar.sequence_masks(np.array([1, 1, 1, 9]), [0, 4], [1], language)
+    with pytest.raises(ValueError, match="2 initial exponents need 3 offsets"):
+        grammar.sequence_masks(tokens, [0, 4], [1, 1], language)
 
 
 def test_bad_coefficient_arrays_are_refused():

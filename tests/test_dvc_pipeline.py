@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import repo_copy
@@ -15,31 +16,48 @@ from conftest import repo_copy
 pytestmark = pytest.mark.slow
 
 
-def dvc(repo: Path, *args: str, mirror: Path) -> str:
+def dvc(repo: Path, *args: str, mirror: Path, ok: bool = True) -> str:
     env = dict(os.environ, WAVELET_DATA_MIRROR=str(mirror),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
                             capture_output=True, text=True)
-    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    if ok:
+        assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    else:
+        assert result.returncode != 0, f"dvc {' '.join(args)} should have failed:\n{result.stdout}"
     return result.stdout + result.stderr
+
+
+TINY = {
+    "dwt": {"limit": 200},
+    "sample": {"classes": [0, 1], "per_class": 5, "batch_size": 10},
+    "train_classifier": {"epochs": 1},
+    "eval": {"num_samples": 10, "reference_images": 10, "kid_subset_size": 5, "batch_size": 10},
+    "model": {"n_layer": 1, "n_embd": 32, "n_head": 2},
+    "train": {"steps": 4, "batch_size": 4, "log_every": 2, "eval_every": 2, "eval_batches": 1,
+              "final_eval_images": 8, "checkpoint_every": 2},
+}
 
 
 @pytest.fixture(scope="module")
 def small_repo(tmp_path_factory) -> Path:
+    """A copy of the repository whose conf/ (and so params.yaml) is the tiny configuration."""
+    from dvc.utils.hydra import compose_and_dump
+
     repo = repo_copy(tmp_path_factory.mktemp("repo"))
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    raw["dwt"]["limit"] = 200
-    raw["tokenizer"]["final_exponent"] = -1
-    raw["sample"].update(classes=[0, 1], per_class=5, batch_size=10)
-    raw["train_classifier"]["epochs"] = 1
-    raw["eval"].update(num_samples=10, reference_images=10, kid_subset_size=5, batch_size=10)
-    raw["model"].update(n_layer=1, n_embd=32, n_head=2)
-    raw["train"].update(steps=4, batch_size=4, log_every=2, eval_every=2, eval_batches=1,
-                        final_eval_images=8, checkpoint_every=2)
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    conf = yaml.safe_load((repo / "conf/config.yaml").read_text())
+    for group, values in TINY.items():
+        conf[group].update(values)
+    (repo / "conf/config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
+    compose_and_dump(repo / "params.yaml", str(repo / "conf"), None, "config", str(repo), [])
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "small"],
                    cwd=repo, check=True)
     return repo
+
+
+def baseline(repo: Path) -> None:
+    """`dvc exp run` leaves its composed params.yaml in the workspace: go back to the committed one."""
+    subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=repo, check=True)
 
 
 def test_repro_download_dwt_then_noop(small_repo, mirror):
@@ -76,6 +94,7 @@ def test_tokenize_and_its_ablations(small_repo, mirror):
 
 
 def test_train_plots_and_position_ablation(small_repo, mirror):
+    baseline(small_repo)
     dvc(small_repo, "repro", "train", mirror=mirror)
     summary = json.loads((small_repo / "reports/train/metrics.json").read_text())
     assert summary["test"]["bits_per_token"] > 0 and summary["step"] == 4
@@ -90,6 +109,7 @@ def test_train_plots_and_position_ablation(small_repo, mirror):
 
 
 def test_sample_and_its_decoding_overrides(small_repo, mirror):
+    baseline(small_repo)
     dvc(small_repo, "repro", "sample", mirror=mirror)
     assert (small_repo / "data/samples/samples.parquet").is_file()
     assert (small_repo / "reports/samples/overview.png").is_file()
@@ -98,19 +118,38 @@ def test_sample_and_its_decoding_overrides(small_repo, mirror):
         assert "Running stage 'sample'" in out and "Running stage 'train'" not in out
 
 
+def test_gpu_profile_with_an_explicit_override(small_repo, mirror):
+    # The explicit value wins over the profile's f = -3, and DVC's record says what ran.
+    out = dvc(small_repo, "exp", "run", "-n", "gpu-f4", "-S", "profile=gpu", "-S", "tokenizer.final_exponent=-4",
+              "tokenize", mirror=mirror)
+    assert "Running stage 'tokenize'" in out
+    assert json.loads((small_repo / "reports/tokenize.json").read_text())["final_exponent"] == -4
+    composed = yaml.safe_load((small_repo / "params.yaml").read_text())
+    assert composed["profile"] == "gpu" and composed["tokenizer"]["final_exponent"] == -4
+    assert composed["model"]["n_embd"] == 768  # the rest of the profile applies
+    shown = json.loads(dvc(small_repo, "exp", "show", "--json", mirror=mirror))
+    runs = [exp for baseline in shown for exp in (baseline.get("experiments") or [])]
+    run = next(r for r in runs if r.get("name") == "gpu-f4")
+    params = run["revs"][0]["data"]["params"]["params.yaml"]["data"]
+    assert params["profile"] == "gpu" and params["tokenizer"]["final_exponent"] == -4
+    if not torch.cuda.is_available():  # the GPU profile stops at once without CUDA
+        out = dvc(small_repo, "exp", "run", "-S", "profile=gpu", "train", mirror=mirror, ok=False)
+        assert "profile='gpu' is sized for a GPU" in out and "WAVELET_DEVICE=cpu" in out
+        assert "model:" not in out
+
+
 METRIC_GROUPS = {
     "generated": {"inception", "classifier", "conditional_accuracy"},
     "real_floor": {"inception", "classifier"},
     "likelihood": {"test_bits_per_token", "test_bits_per_image", "test_images"},
     "tokenizer": {"test_psnr_db"}, "classifier": {"test_accuracy"},
-    "counts": {"generated", "real_train", "reference_test"}, "extractors": {"inception", "classifier"},
+    "counts": {"generated", "real_train", "reference_test", "classes"}, "extractors": {"inception", "classifier"},
 }
 INCEPTION = {"fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "isc_mean", "isc_std"}
 
 
 def test_whole_chain_and_ablations_with_metrics_diff(small_repo, mirror):
-    # `dvc exp run` leaves its params applied to the workspace: start from the committed baseline.
-    subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=small_repo, check=True)
+    baseline(small_repo)
     dvc(small_repo, "repro", mirror=mirror)
     metrics = json.loads((small_repo / "reports/metrics.json").read_text())
     assert {k: set(v) for k, v in metrics.items()} == METRIC_GROUPS
@@ -119,7 +158,14 @@ def test_whole_chain_and_ablations_with_metrics_diff(small_repo, mirror):
         assert {"fid", "kid_mean", "kid_std", "isc_mean", "isc_std"} <= set(metrics[group]["classifier"])
     assert metrics["extractors"]["inception"] and "wavelet-classifier" in metrics["extractors"]["classifier"]
     assert metrics["generated"]["inception"]["fid"] is not None  # an Inception network was found offline
+    assert metrics["counts"]["classes"] == 2  # sample.classes: [0, 1], and the references follow
     assert "up to date" in dvc(small_repo, "repro", mirror=mirror)
+
+    # One sampling knob reruns sample and evaluate only.
+    out = dvc(small_repo, "exp", "run", "-n", "topk", "-S", "sample.top_k=3", mirror=mirror)
+    ran = {stage for stage in ("download", "dwt", "tokenize", "train", "sample", "train_classifier", "evaluate")
+           if f"Running stage '{stage}'" in out}
+    assert ran == {"sample", "evaluate"}, out
 
     dvc(small_repo, "exp", "run", "-n", "bior", "-S", "wavelet=bior4.4", mirror=mirror)
     dvc(small_repo, "exp", "run", "-n", "fashion", "-S", "dataset=fashion_mnist", mirror=mirror)

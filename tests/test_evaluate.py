@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from pipeline import evaluate, params, train_classifier
-from pipeline.sample import write_samples
 from pipeline.coder import Encoded
+from pipeline.formats import read_samples, write_samples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def workspace(tmp_path_factory, mnist_raw) -> Path:
     raw["train_classifier"]["epochs"] = 1
     raw["eval"].update(num_samples=100, reference_images=200, kid_subset_size=50)
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    p = params.load(root / "params.yaml", ("train_classifier", "eval"))
+    p = params.load(root / "params.yaml", train_classifier.PARAMS)
     train_classifier.run(p, "cpu", mnist_raw, root / "classifier", root / "classifier.json")
     # "Generated" samples: real test images 5000.., so the figures have known answers.
     images = np.load(mnist_raw / "mnist" / "test_images.npy")[5000:5200]
@@ -47,7 +47,7 @@ def _run(workspace, **eval_overrides):
     raw = yaml.safe_load((workspace / "params.yaml").read_text())
     raw["eval"].update(eval_overrides)
     (workspace / "params.yaml").write_text(yaml.safe_dump(raw))
-    p = params.load(workspace / "params.yaml", ("eval",))
+    p = params.load(workspace / "params.yaml", evaluate.PARAMS)
     return evaluate.run(p, "cpu", workspace / "samples.parquet", workspace / "classifier", workspace.parent / "raw0",
                         workspace / "train.json", workspace / "tokenize.json", workspace / "classifier.json",
                         workspace / "metrics.json", workspace / "fig")
@@ -87,14 +87,14 @@ def test_real_images_score_like_real_images(offline_metrics):
     assert generated["conditional_accuracy"] > 0.95
     assert generated["classifier"]["fid"] < 3 * floor["classifier"]["fid"] + 1
     assert generated["classifier"]["isc_mean"] > 5
-    assert metrics["counts"] == {"generated": 100, "real_train": 100, "reference_test": 200}
+    assert metrics["counts"] == {"generated": 100, "real_train": 100, "reference_test": 200, "classes": 10}
 
 
 def test_scrambled_images_score_badly(workspace, offline_metrics, monkeypatch):
     monkeypatch.setattr(evaluate, "fid_helper_weights", lambda: None)  # classifier figures suffice here
     metrics, _ = offline_metrics
-    from pipeline.sample import read_samples
-    labels, e0, tokens, images = read_samples(workspace / "samples.parquet")
+    samples = read_samples(workspace / "samples.parquet")
+    labels, images = samples.labels, samples.images
     rng = np.random.default_rng(0)
     noisy = rng.permutation(images.reshape(len(images), -1), axis=1).reshape(images.shape)
     n = len(labels)
@@ -110,7 +110,7 @@ def test_scrambled_images_score_badly(workspace, offline_metrics, monkeypatch):
 
 def test_missing_inception_weights_file_is_named(workspace, offline_metrics):
     try:
-        with pytest.raises(FileNotFoundError, match="eval.inception_weights='/nowhere/inception.pth'"):
+        with pytest.raises(ValueError, match="eval.inception_weights='/nowhere/inception.pth': does not exist"):
             _run(workspace, inception_weights="/nowhere/inception.pth")
     finally:
         raw = yaml.safe_load((workspace / "params.yaml").read_text())
@@ -127,3 +127,36 @@ def test_fid_helper_inception_fallback(workspace, offline_metrics):
     assert generated["isc_mean"] is None  # this network has no logits
     assert 0 < generated["fid"] < 3 * floor["fid"] + 5
     assert 0 <= generated["precision"] <= 1 and 0 <= generated["recall"] <= 1
+
+
+def test_a_class_subset_is_compared_with_references_of_those_classes(workspace, mnist_raw, tmp_path, monkeypatch):
+    """Samples of class 3 only (real test images again) are scored against class-3 references."""
+    monkeypatch.setattr(evaluate, "fid_helper_weights", lambda: None)
+    if not (workspace.parent / "raw0").exists():
+        (workspace.parent / "raw0").symlink_to(mnist_raw)
+    images = np.load(mnist_raw / "mnist" / "test_images.npy")[5000:]
+    labels = np.load(mnist_raw / "mnist" / "test_labels.npy")[5000:]
+    threes = np.flatnonzero(labels == 3)[:100]
+    n = len(threes)
+    empty = Encoded(*(np.zeros(n, np.uint8) for _ in range(4)), np.arange(n + 1), np.zeros(n, np.int8))
+    original = workspace / "samples.parquet"
+    original.rename(tmp_path / "kept.parquet")
+    try:
+        write_samples(original, labels[threes], empty, images[threes])
+        metrics = _run(workspace)
+    finally:
+        (tmp_path / "kept.parquet").rename(original)
+    assert metrics["counts"] == {"generated": 100, "real_train": 100, "reference_test": 200, "classes": 1}
+    # Against references of all ten classes the same images would be far away (about 10x here).
+    matched = metrics["generated"]["classifier"]["fid"]
+    assert matched < 3 * metrics["real_floor"]["classifier"]["fid"] + 1
+    # The same images against references of all ten classes (what evaluate did before):
+    monkeypatch.setattr(evaluate, "class_matched", lambda labels, classes, per_class, rng, what:
+                        rng.choice(len(labels), per_class * len(classes), replace=False))
+    original.rename(tmp_path / "kept.parquet")
+    try:
+        write_samples(original, labels[threes], empty, images[threes])
+        unmatched = _run(workspace)["generated"]["classifier"]["fid"]
+    finally:
+        (tmp_path / "kept.parquet").rename(original)
+    assert unmatched > 5 * matched

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.model import Decoder, WaveletGPT, WaveletGPTConfig, token_nll, unpack_valid
+from pipeline.language import WaveletLanguage
+from pipeline.model import Decoder, WaveletGPT, WaveletGPTConfig, token_nll
 
 
 def _inputs(batch=3, length=40, seed=0):
@@ -48,19 +49,21 @@ def test_conditioning_reaches_the_logits():
 def test_masked_nll_ignores_padding_and_forbidden_ids():
     logits = torch.zeros(1, 3, 8)
     targets = torch.tensor([[2, 5, -1]])
-    valid = unpack_valid(torch.tensor([[0b1100, 0b1100000, 0xFF]]))
+    table = torch.from_numpy(WaveletLanguage("haar").mask_table)
+    valid = table[torch.tensor([[0b1100, 0b1100000, 0xFF]])]
     nll = token_nll(logits, targets, valid)
     torch.testing.assert_close(nll, torch.tensor([[0.6931472, 0.6931472, 0.0]]))
     torch.testing.assert_close(token_nll(logits, targets, None)[0, :2], torch.full((2,), 2.0794415))
 
 
 def test_save_and_load_round_trip(tmp_path):
-    config = WaveletGPTConfig(n_layer=1, n_embd=32, n_head=2, n_positions=1, wavelet="bior4.4",
-                              final_exponent=-4, method="zerotree", initial_exponent_counts={"3": {"1": 7}})
+    language = WaveletLanguage("bior4.4", "zerotree", -4)
+    config = WaveletGPTConfig.for_language(language, n_layer=1, n_embd=32, n_head=2, n_positions=1,
+                                           initial_exponent_counts={"3": {"1": 7}})
     model = WaveletGPT(config).eval()
     model.save_pretrained(tmp_path)
     loaded = WaveletGPT.from_pretrained(tmp_path)
     x, bp, i1, i2, e0, labels = _inputs()
     assert torch.equal(model(x, bp, i1, i2, e0, labels), loaded(x, bp, i1, i2, e0, labels))
-    c = loaded.config
-    assert (c.wavelet, c.final_exponent, c.method, c.initial_exponent_counts) == ("bior4.4", -4, "zerotree", {"3": {"1": 7}})
+    assert loaded.language == language and loaded.config.initial_exponent_counts == {"3": {"1": 7}}
+    assert (loaded.config.e0_min, loaded.config.e0_max, loaded.config.max_planes) == (-3, 5, 9)

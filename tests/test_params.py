@@ -27,7 +27,7 @@ def _with(override: dict) -> dict:
 
 
 def test_defaults_are_valid():
-    p = params.load(REPO / "params.yaml", tuple(params.GROUPS))
+    p = params.load(REPO / "params.yaml", params.ALL_KEYS)
     assert p.dataset == "mnist" and p.wavelet == "haar"
 
 
@@ -50,6 +50,8 @@ BAD = [
     ("train_classifier", {"train_classifier.epochs": 0}, "train_classifier.epochs", ">= 1"),
     ("evaluate", {"eval.reference_images": 20000}, "eval.reference_images", "<= 10000"),
     ("evaluate", {"profile": "tpu"}, "profile", "cpu, gpu"),
+    ("train", {"profile": None}, "profile", "cpu, gpu"),
+    ("dwt", {"trian": 5}, "trian", "no such key; known keys: profile"),
 ]
 
 
@@ -75,30 +77,60 @@ def test_unknown_and_missing_keys_are_refused():
         params._build(params.TokenizerParams, raw, "tokenizer")
 
 
-def test_gpu_profile_lays_its_values_over_the_groups(tmp_path):
+def compose(*overrides: str) -> dict:
+    """conf/ composed as `dvc exp run -S ...` composes it (DVC's own function), as a dict."""
+    from dvc.utils.hydra import compose_and_dump
+
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "params.yaml"
+        compose_and_dump(out, str(REPO / "conf"), None, "config", folder, list(overrides))
+        return yaml.safe_load(out.read_text())
+
+
+def test_committed_params_are_conf_composed_with_the_cpu_profile():
+    from dvc.utils.hydra import compose_and_dump
+
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "params.yaml"
+        compose_and_dump(out, str(REPO / "conf"), None, "config", folder, [])
+        assert out.read_text() == (REPO / "params.yaml").read_text(), \
+            "params.yaml is stale: regenerate it with `make params` after editing conf/"
+    assert DEFAULTS["profile"] == "cpu"
+
+
+def test_gpu_profile_lays_its_values_over_the_groups_and_explicit_overrides_win(tmp_path):
+    gpu = compose("profile=gpu")
+    assert gpu["profile"] == "gpu" and gpu["tokenizer"]["final_exponent"] == -3
+    assert (gpu["model"]["n_layer"], gpu["model"]["n_embd"], gpu["model"]["n_head"]) == (6, 768, 12)
+    assert gpu["model"]["position"] == "wavelet"  # not in the profile: the group's own value
+    # An explicit override wins over the profile, whichever comes first on the command line.
+    for overrides in (("profile=gpu", "tokenizer.final_exponent=-4"), ("tokenizer.final_exponent=-4", "profile=gpu")):
+        assert compose(*overrides)["tokenizer"]["final_exponent"] == -4
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(_with({"profile": "gpu"})))
-    p = params.load(path, tuple(params.GROUPS))
-    assert p.tokenizer.final_exponent == -3
-    assert (p.model.n_layer, p.model.n_embd, p.model.n_head) == (6, 768, 12)
+    path.write_text(yaml.safe_dump(gpu))
+    p = params.load(path, params.ALL_KEYS)
     assert p.sample.per_class * 10 == p.eval.num_samples == 10000
-    assert p.model.position == "wavelet"  # not in the profile: the group's own value
-    cpu = params.load(REPO / "params.yaml", tuple(params.GROUPS))
+    cpu = params.load(REPO / "params.yaml", params.ALL_KEYS)
     assert cpu.tokenizer.final_exponent == -1 and cpu.model.n_layer == 4
 
 
-def test_bad_profiles_are_refused(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(_with({"profile": "tpu"})))
-    with pytest.raises(params.ParamError, match="profile='tpu'.*cpu, gpu"):
-        params.load(path)
-    raw = _with({"profile": "gpu"})
-    raw["profiles"]["gpu"]["trian"] = {"steps": 1}
-    path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(params.ParamError, match="profiles.gpu.trian"):
-        params.load(path)
-    raw = _with({"profile": "gpu"})
-    raw["profiles"]["gpu"]["train"]["stpes"] = 1
-    path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(params.ParamError, match="train.stpes.*known keys"):
-        params.load(path, ("train",))
+def test_a_stage_cannot_read_a_key_it_did_not_declare():
+    p = params.load(REPO / "params.yaml", ("dataset", "sample"))
+    assert p.dataset == "mnist" and p.sample.per_class > 0
+    with pytest.raises(AttributeError, match="'train' was not declared by this stage"):
+        p.train
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("dataset: [mnist\n", "line 2, column 1"),
+    ("- a\n- b\n", "holds a list, not a mapping"),
+])
+def test_unreadable_params_file_is_one_line(tmp_path, monkeypatch, text, expected):
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(text)
+    result = CliRunner().invoke(app, ["dwt"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "params.yaml" in lines[0] and expected in lines[0], result.output

@@ -1,7 +1,6 @@
 """Sampling always yields valid, canonical sequences; decoding controls; the stage's outputs."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,8 +13,9 @@ import pytest
 import torch
 import yaml
 
-from pipeline import coder, params
+from pipeline import coder, formats, params
 from pipeline import sample as sample_stage
+from pipeline.language import WaveletLanguage
 from pipeline.model import WaveletGPT, WaveletGPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,14 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 def untrained(method="zeroblock", final_exponent=-1, **kw) -> WaveletGPT:
     torch.manual_seed(0)
     counts = {str(c): {"1": 5, "2": 3, "3": 1} for c in range(10)}
-    config = WaveletGPTConfig(n_layer=1, n_embd=16, n_head=2, n_positions=1, method=method,
-                              final_exponent=final_exponent, max_planes=3 - final_exponent + 1,
-                              e0_min=0, e0_max=3, initial_exponent_counts=counts, **kw)
+    config = WaveletGPTConfig.for_language(WaveletLanguage("haar", method, final_exponent), n_layer=1,
+                                           n_embd=16, n_head=2, n_positions=1, initial_exponent_counts=counts, **kw)
     return WaveletGPT(config).eval()
 
 
 def _check_valid(model, encoded, labels):
-    language = sample_stage.language_of(model)
+    language = model.language.grammar
     decoded = coder.decode_batch(encoded.tokens, encoded.offsets, encoded.initial_exponents, language)
     again = coder.encode(decoded, language)
     assert np.array_equal(again.initial_exponents, encoded.initial_exponents)
@@ -108,20 +107,21 @@ def model_dir(tmp_path) -> Path:
 
 
 def test_stage_writes_samples_and_figures(model_dir):
-    p = params.load(model_dir / "params.yaml", ("sample",))
+    p = params.load(model_dir / "params.yaml", sample_stage.PARAMS)
     sample_stage.run(p, "cpu", model_dir / "data/model", model_dir / "out", model_dir / "fig")
     table = pq.read_table(model_dir / "out" / "samples.parquet")
     assert table.schema.field("label").type == pa.int16()
     assert table.schema.field("initial_exponent").type == pa.int8()
     assert table.schema.field("tokens").type == pa.list_(pa.uint8())
     assert table.schema.field("image").type == pa.list_(pa.uint8())
-    labels, e0, tokens, images = sample_stage.read_samples(model_dir / "out" / "samples.parquet")
-    assert labels.tolist() == [1, 1, 1, 7, 7, 7] and images.shape == (6, 28, 28)
+    samples = formats.read_samples(model_dir / "out" / "samples.parquet")
+    assert samples.labels.tolist() == [1, 1, 1, 7, 7, 7] and samples.images.shape == (6, 28, 28)
     # The stored image is the decoded sequence, clipped and rounded.
-    language = sample_stage.language_of(WaveletGPT.from_pretrained(model_dir / "data/model"))
+    language = WaveletGPT.load(model_dir / "data/model").language
     from pipeline import wavelets
-    approx = coder.decode(tokens[4], int(e0[4]), language)
-    assert np.array_equal(images[4], wavelets.to_uint8(wavelets.crop(wavelets.inverse(approx, "haar"), 28, 28)))
+    tokens = samples.tokens[samples.offsets[4]:samples.offsets[5]]
+    approx = coder.decode(tokens, int(samples.initial_exponents[4]), language.grammar)
+    assert np.array_equal(samples.images[4], wavelets.to_uint8(wavelets.crop(wavelets.inverse(approx, "haar"), 28, 28)))
     names = sorted(p.name for p in (model_dir / "fig").iterdir())
     assert names == ["class_1.png", "class_7.png", "overview.png", "progressive.png"]
 
@@ -130,7 +130,7 @@ def test_unknown_class_is_refused(model_dir):
     raw = yaml.safe_load((model_dir / "params.yaml").read_text())
     raw["sample"]["classes"] = [3, 12]
     (model_dir / "params.yaml").write_text(yaml.safe_dump(raw))
-    p = params.load(model_dir / "params.yaml", ("sample",))
+    p = params.load(model_dir / "params.yaml", sample_stage.PARAMS)
     with pytest.raises(ValueError, match=r"\[12\].*0\.\.9"):
         sample_stage.run(p, "cpu", model_dir / "data/model", model_dir / "out", model_dir / "fig")
     assert not (model_dir / "out").exists()
@@ -143,6 +143,6 @@ def test_ddp_two_cpu_processes_gather_all_samples(model_dir):
     result = subprocess.run(command, cwd=model_dir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "on rank 1" in result.stdout + result.stderr
-    labels, e0, tokens, images = sample_stage.read_samples(model_dir / "data/samples/samples.parquet")
-    assert labels.tolist() == [1, 1, 1, 7, 7, 7] and len(tokens) == 6
+    samples = formats.read_samples(model_dir / "data/samples/samples.parquet")
+    assert samples.labels.tolist() == [1, 1, 1, 7, 7, 7] and len(samples.offsets) == 7
     assert (model_dir / "reports/samples/overview.png").is_file()

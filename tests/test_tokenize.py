@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import coder, dwt, params, shards
+from pipeline import coder, dwt, formats, params
 from pipeline import tokenize as tokenize_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def _params(tmp_path: Path, **tokenizer) -> params.Params:
     raw["tokenizer"].update(tokenizer)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
-    return params.load(path, ("tokenizer",))
+    return params.load(path, tokenize_stage.PARAMS)
 
 
 @pytest.mark.parametrize("method", ["zeroblock", "zerotree"])
@@ -35,7 +35,7 @@ def test_stage_writes_the_data_contract(small_dwt, tmp_path, method):
     p = _params(tmp_path, method=method, shard_size=100)
     out = tmp_path / "tokens"
     metrics = tokenize_stage.run(p, small_dwt, out, tmp_path / "tokenize.json", tmp_path / "fig")
-    assert [path.name for path in shards.shard_paths(out, "train")] == [
+    assert [path.name for path in formats.shard_paths(out, "train")] == [
         "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     schema = pq.read_schema(out / "train" / "part-00000.parquet")
     assert schema.field("index").type == pa.int32() and schema.field("label").type == pa.int16()
@@ -44,17 +44,19 @@ def test_stage_writes_the_data_contract(small_dwt, tmp_path, method):
         assert schema.field(name).type == pa.list_(pa.uint8())
 
     coeffs, labels = dwt.load("train", small_dwt)
-    expected = coder.encode(np.asarray(coeffs), tokenize_stage.language_for(p, 32))
-    split = shards.read_split(out, "train")
+    expected = coder.encode(np.asarray(coeffs), tokenize_stage.language_for(p, 32).grammar)
+    split = formats.read_split(out, "train", with_masks=True)
+    assert len(split.mask_codes) == len(split.encoded.tokens)
     assert np.array_equal(split.encoded.offsets, expected.offsets)
     for name in ("tokens", "bp", "i1", "i2"):
         assert np.array_equal(getattr(split.encoded, name), getattr(expected, name))
     assert np.array_equal(split.labels, labels) and np.array_equal(split.index, np.arange(250))
 
-    meta = shards.read_meta(out)
-    assert meta["method"] == method and meta["wavelet"] == "haar"
-    assert meta["final_exponent"] == p.tokenizer.final_exponent
-    assert meta["token_names"][7] == "ZeroTree" and meta["size"] == 32
+    meta = formats.read_meta(out)
+    language = meta["language"]
+    assert language["method"] == method and language["wavelet"] == "haar" and language["family"] == "wavelet"
+    assert language["final_exponent"] == p.tokenizer.final_exponent
+    assert meta["token_names"][7] == "ZeroTree" and language["size"] == 32 and meta["vocab_size"] == 8
     assert meta["splits"]["test"]["images"] == 250
     assert sum(sum(c.values()) for c in meta["initial_exponent_counts"].values()) == 250
     assert set(meta["initial_exponent_counts"]) == {str(c) for c in range(10)}
@@ -75,7 +77,7 @@ def test_failed_run_leaves_no_output(small_dwt, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(shards.pq, "write_table", broken)
+    monkeypatch.setattr(formats.pq, "write_table", broken)
     with pytest.raises(RuntimeError):
         tokenize_stage.run(p, small_dwt, tmp_path / "tokens", tmp_path / "m.json", tmp_path / "fig")
     assert not (tmp_path / "tokens").exists() and not (tmp_path / "m.json").exists()

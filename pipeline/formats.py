@@ -1,0 +1,211 @@
+"""The files that pass between stages, written and read (and checked) here.
+
+- Token shards (spec section 9): `data/tokens/<split>/part-NNNNN.parquet`, one row per image,
+  and the sidecar `data/tokens/meta.json` (tokenize -> train, evaluate).
+- Samples: `data/samples/samples.parquet`, one row per generated image (sample -> evaluate).
+
+Readers check what the writer promised (schema, ranges, lengths, agreement with meta.json) and
+raise InputError naming the file and the stage to rerun.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .coder import Encoded
+from .io import InputError, read_json, require_keys
+from .language import from_description
+
+SEQUENCE_COLUMNS = ("tokens", "bp", "i1", "i2")
+SHARD_SCHEMA = pa.schema([
+    ("index", pa.int32()),
+    ("label", pa.int16()),
+    ("initial_exponent", pa.int8()),
+    *[(name, pa.list_(pa.uint8())) for name in SEQUENCE_COLUMNS],
+])
+SAMPLES_SCHEMA = pa.schema([
+    ("label", pa.int16()), ("initial_exponent", pa.int8()),
+    ("tokens", pa.list_(pa.uint8())), ("image", pa.list_(pa.uint8())),
+])
+META_KEYS = ("dataset", "language", "vocab_size", "n_classes", "max_length", "splits",
+             "initial_exponent_counts")
+
+
+@dataclass
+class TokenSplit:
+    """One split's sequences (flat, with offsets) and their per-image fields."""
+
+    encoded: Encoded
+    index: np.ndarray  # int32 row in the source split
+    labels: np.ndarray  # int16
+    mask_codes: np.ndarray | None = None  # per token, the language's code of its valid ids
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+# ----- token shards -----
+
+def _list_column(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=pa.uint8()))
+
+
+def write_shard(path: Path, encoded: Encoded, index: np.ndarray, labels: np.ndarray) -> None:
+    """`encoded` holds exactly this shard's sequences."""
+    offsets = encoded.offsets - encoded.offsets[0]
+    table = pa.Table.from_arrays([
+        pa.array(index.astype(np.int32)),
+        pa.array(labels.astype(np.int16)),
+        pa.array(encoded.initial_exponents.astype(np.int8)),
+        *[_list_column(getattr(encoded, name), offsets) for name in SEQUENCE_COLUMNS],
+    ], schema=SHARD_SCHEMA)
+    pq.write_table(table, path, compression="zstd")
+
+
+def shard_paths(root: str | Path, split: str) -> list[Path]:
+    paths = sorted(Path(root, split).glob("part-*.parquet"))
+    if not paths:
+        raise InputError(Path(root, split), "holds no token shards (part-*.parquet)", "tokenize")
+    return paths
+
+
+def _read_table(path: Path, schema: pa.Schema, producer: str) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        raise InputError(path, f"is not a readable Parquet file ({error})", producer) from None
+    if not table.schema.equals(schema, check_metadata=False):
+        got = {field.name: str(field.type) for field in table.schema}
+        wrong = [f"{field.name} ({got.get(field.name, 'missing')}, expected {field.type})"
+                 for field in schema if got.get(field.name) != str(field.type)]
+        raise InputError(path, "does not have the expected columns: " + ", ".join(wrong or ["extra columns"]),
+                         producer)
+    return table.combine_chunks()
+
+
+def _flat(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A list<uint8> column -> (flat values, offsets from 0)."""
+    column = table.column(name)
+    chunk = column.chunk(0) if column.num_chunks else pa.array([], column.type)
+    offsets = chunk.offsets.to_numpy().astype(np.int64)
+    values = chunk.flatten().to_numpy(zero_copy_only=False).astype(np.uint8)
+    return values, offsets - offsets[0]
+
+
+def _check_shard(path: Path, table: pa.Table, language, n_classes: int, with_masks: bool) -> TokenSplit:
+    """One shard's rows against the data contract and the language (ranges; with_masks, the
+    grammar too, whose valid-id codes it keeps)."""
+    def bad(problem: str):
+        return InputError(path, problem, "tokenize")
+
+    columns = {}
+    offsets = None
+    for name in SEQUENCE_COLUMNS:
+        columns[name], these = _flat(table, name)
+        if offsets is not None and not np.array_equal(these, offsets):
+            row = int(np.flatnonzero(np.diff(these) != np.diff(offsets))[0])
+            raise bad(f"row {row}: column {name} has {these[row + 1] - these[row]} entries, tokens has "
+                      f"{offsets[row + 1] - offsets[row]}")
+        offsets = these
+    labels = table.column("label").to_numpy().astype(np.int16)
+    e0 = table.column("initial_exponent").to_numpy().astype(np.int64)
+    for name, values, limit in (("label", labels, n_classes), ("tokens", columns["tokens"], language.vocab_size),
+                                ("i1", columns["i1"], language.size), ("i2", columns["i2"], language.size),
+                                ("bp", columns["bp"], language.max_planes)):
+        if values.size and (values.min() < 0 or values.max() >= limit):
+            where = int(np.flatnonzero((values < 0) | (values >= limit))[0])
+            row = where if name == "label" else int(np.searchsorted(offsets, where, side="right") - 1)
+            raise bad(f"row {row}: {name} {values[where]} is outside 0..{limit - 1}")
+    lo, hi = language.e0_range
+    if e0.size and (e0.min() < lo or e0.max() > hi):
+        row = int(np.flatnonzero((e0 < lo) | (e0 > hi))[0])
+        raise bad(f"row {row}: initial_exponent {e0[row]} is outside {lo}..{hi}, what this language "
+                  f"({language.describe()}) allows")
+    encoded = Encoded(columns["tokens"], columns["bp"], columns["i1"], columns["i2"], offsets, e0.astype(np.int8))
+    codes = None
+    if with_masks:
+        try:
+            codes = language.mask_codes(encoded)
+        except ValueError as error:
+            raise bad(f"row {str(error).removeprefix('sequence ')}") from None
+    return TokenSplit(encoded, table.column("index").to_numpy().astype(np.int32), labels, codes)
+
+
+def read_split(root: str | Path, split: str, meta: dict | None = None, with_masks: bool = False) -> TokenSplit:
+    """A split's sequences from its shards, checked against meta.json and the language; with
+    `with_masks`, also against its grammar, keeping the valid-id code of every token."""
+    meta = meta or read_meta(root)
+    language = from_description(meta["language"])
+    parts = [_check_shard(path, _read_table(path, SHARD_SCHEMA, "tokenize"), language, meta["n_classes"],
+                          with_masks)
+             for path in shard_paths(root, split)]
+    encoded = concatenate([part.encoded for part in parts])
+    promised = meta["splits"].get(split, {})
+    if promised.get("images") != len(encoded) or promised.get("tokens") != int(encoded.offsets[-1]):
+        raise InputError(Path(root, split), f"holds {len(encoded)} sequences and {encoded.offsets[-1]} tokens; "
+                         f"meta.json promises {promised.get('images')} and {promised.get('tokens')}", "tokenize")
+    return TokenSplit(encoded, np.concatenate([part.index for part in parts]),
+                      np.concatenate([part.labels for part in parts]),
+                      np.concatenate([part.mask_codes for part in parts]) if with_masks else None)
+
+
+def concatenate(parts: list[Encoded]) -> Encoded:
+    """Several batches of sequences -> one (offsets shifted)."""
+    lengths = np.concatenate([part.lengths for part in parts])
+    return Encoded(*(np.concatenate([getattr(part, name) for part in parts]) for name in SEQUENCE_COLUMNS),
+                   np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                   np.concatenate([part.initial_exponents for part in parts]))
+
+
+def read_meta(root: str | Path) -> dict:
+    path = Path(root, "meta.json")
+    meta = read_json(path, "tokenize")
+    require_keys(meta, META_KEYS, path, "tokenize")
+    try:
+        from_description(meta["language"])
+    except (TypeError, ValueError) as error:
+        raise InputError(path, f"describes no known language ({error})", "tokenize") from None
+    return meta
+
+
+# ----- samples -----
+
+def write_samples(path: Path, labels: np.ndarray, encoded: Encoded, images: np.ndarray) -> None:
+    flat_images = images.reshape(len(images), -1)
+    image_offsets = np.arange(len(images) + 1, dtype=np.int32) * flat_images.shape[1]
+    table = pa.Table.from_arrays([
+        pa.array(labels.astype(np.int16)), pa.array(encoded.initial_exponents.astype(np.int8)),
+        _list_column(encoded.tokens, encoded.offsets - encoded.offsets[0]),
+        pa.ListArray.from_arrays(pa.array(image_offsets), pa.array(flat_images.reshape(-1), pa.uint8())),
+    ], schema=SAMPLES_SCHEMA)
+    pq.write_table(table, path, compression="zstd")
+
+
+@dataclass
+class Samples:
+    labels: np.ndarray  # int16
+    initial_exponents: np.ndarray  # int8
+    tokens: np.ndarray  # flat uint8 ids
+    offsets: np.ndarray  # int64, N + 1
+    images: np.ndarray  # (N, H, W) uint8
+
+
+def read_samples(path: str | Path, height: int = 28, width: int = 28) -> Samples:
+    """A samples.parquet, checked: every image has height x width pixels."""
+    path = Path(path)
+    table = _read_table(path, SAMPLES_SCHEMA, "sample")
+    pixels, image_offsets = _flat(table, "image")
+    sizes = np.diff(image_offsets)
+    if (sizes != height * width).any():
+        row = int(np.flatnonzero(sizes != height * width)[0])
+        raise InputError(path, f"row {row}: image has {sizes[row]} pixels, expected {height} x {width}", "sample")
+    tokens, offsets = _flat(table, "tokens")
+    labels = table.column("label").to_numpy().astype(np.int16)
+    if labels.size and labels.min() < 0:
+        raise InputError(path, f"holds a negative label ({labels.min()})", "sample")
+    return Samples(labels, table.column("initial_exponent").to_numpy().astype(np.int8), tokens, offsets,
+                   pixels.reshape(len(labels), height, width))
