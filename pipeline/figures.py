@@ -91,3 +91,21 @@ def progressive_figure(language, encoded, picks, path: str | Path, row_labels: l
                 cells[r + 1, stage] = (where / max(1.0, where.max()))[np.ix_(rows, cols)]
             labels.append("token\npositions")
     image_grid(cells, path, labels, list(names) + (["original"] if originals is not None else []), title=title)
+
+
+def heatmap(values: np.ndarray, row_names: list[str], col_names: list[str], ylabel: str, xlabel: str, title: str,
+            path: str | Path) -> None:
+    """A grid of numbers, annotated, the lowest outlined."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(col_names) + 2, 0.8 * len(row_names) + 1.5))
+    ax.imshow(values, cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(col_names)), col_names)
+    ax.set_yticks(range(len(row_names)), row_names)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    for (r, c), value in np.ndenumerate(values):
+        ax.text(c, r, f"{value:.1f}", ha="center", va="center", color="white", fontsize=8)
+    if np.isfinite(values).any():
+        r, c = np.unravel_index(np.nanargmin(values), values.shape)
+        ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_title(title, fontsize=9)
+    save(fig, path)

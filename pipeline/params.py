@@ -18,9 +18,10 @@ from typing import Any
 import yaml
 
 DATASETS = ("mnist", "fashion_mnist")
-TOKENIZER_METHODS = ("zeroblock", "zerotree")
+TOKENIZER_METHODS = ("zeroblock", "zerotree", "pixels")
 INITIAL_THRESHOLDS = ("per_image", "uniform")
 PRECISIONS = ("bf16", "fp32")
+FAMILIES = ("transformer", "diffusion")  # model.family: the wavelet transformer, or the diffusers baseline
 PROFILES = ("cpu", "gpu")  # conf/profile/<name>.yaml
 POSITIONS = ("wavelet", "sequence", "both")  # what tells the model where a token sits
 CONDITIONS = ("class", "none")
@@ -86,6 +87,12 @@ def _check_bool(key: str, value: Any) -> bool:
     return value
 
 
+def _check_list(key: str, values: Any, check) -> list:
+    if not isinstance(values, list) or not values:
+        raise ParamError(key, values, "a non-empty list")
+    return [check(f"{key}[{i}]", value) for i, value in enumerate(values)]
+
+
 def _check_limit(key: str, value: Any) -> int | None:
     """A count of images to keep, or null for all of them."""
     if value is None:
@@ -135,6 +142,7 @@ class TokenizerParams(_Group):
     method: str
     final_exponent: int
     initial_threshold: str
+    pixel_levels: int
     shard_size: int
 
     def validate(self, g: str) -> None:
@@ -143,17 +151,20 @@ class TokenizerParams(_Group):
         # first plane (threshold 8 for uniform thresholds) is already the last.
         _check_int(f"{g}.final_exponent", self.final_exponent, lo=-12, hi=3)
         _check_choice(f"{g}.initial_threshold", self.initial_threshold, INITIAL_THRESHOLDS)
+        _check_int(f"{g}.pixel_levels", self.pixel_levels, lo=2, hi=256)
         _check_int(f"{g}.shard_size", self.shard_size, lo=1)
 
 
 @dataclass(frozen=True)
 class ModelParams(_Group):
+    family: str
     n_layer: int
     n_embd: int
     n_head: int
     dropout: float
     position: str
     condition: str
+    unet_channels: list
 
     def validate(self, g: str) -> None:
         _check_int(f"{g}.n_layer", self.n_layer, lo=1)
@@ -164,11 +175,20 @@ class ModelParams(_Group):
         self._float(g, "dropout", lo=0.0, hi=0.9)
         _check_choice(f"{g}.position", self.position, POSITIONS)
         _check_choice(f"{g}.condition", self.condition, CONDITIONS)
+        _check_choice(f"{g}.family", self.family, FAMILIES)
+        _check_list(f"{g}.unet_channels", self.unet_channels, lambda k, v: _check_int(k, v, lo=8))
+        for i, width in enumerate(self.unet_channels):
+            if width % 8:
+                raise ParamError(f"{g}.unet_channels[{i}]", width, "a multiple of 8 (the UNet's group norm)")
+        if len(self.unet_channels) > 3:
+            raise ParamError(f"{g}.unet_channels", self.unet_channels, "at most 3 widths (32 x 32 images halve "
+                             "at each level but the last)")
 
 
 @dataclass(frozen=True)
 class TrainParams(_Group):
     steps: int
+    flops: float | None
     batch_size: int
     lr: float
     weight_decay: float
@@ -188,6 +208,8 @@ class TrainParams(_Group):
 
     def validate(self, g: str) -> None:
         _check_int(f"{g}.steps", self.steps, lo=1)
+        if self.flops is not None:
+            self._float(g, "flops", lo=0.0, lo_open=True)
         _check_int(f"{g}.batch_size", self.batch_size, lo=1)
         self._float(g, "lr", lo=0.0, lo_open=True)
         self._float(g, "weight_decay", lo=0.0)
@@ -215,6 +237,7 @@ class SampleParams(_Group):
     top_k: int
     top_p: float
     cfg_scale: float
+    diffusion_steps: int
     seed: int
 
     def validate(self, g: str) -> None:
@@ -228,6 +251,27 @@ class SampleParams(_Group):
         _check_int(f"{g}.top_k", self.top_k, lo=0)
         self._float(g, "top_p", lo=0.0, hi=1.0, lo_open=True)
         self._float(g, "cfg_scale", lo=0.0)
+        _check_int(f"{g}.diffusion_steps", self.diffusion_steps, lo=1, hi=1000)
+        _check_int(f"{g}.seed", self.seed, lo=0)
+
+
+@dataclass(frozen=True)
+class TuneParams(_Group):
+    cfg_scales: list
+    top_ps: list
+    diffusion_steps: list
+    per_class: int
+    reference_per_class: int
+    seed: int
+
+    def validate(self, g: str) -> None:
+        object.__setattr__(self, "cfg_scales", _check_list(f"{g}.cfg_scales", self.cfg_scales,
+                                                           lambda k, v: _check_float(k, v, lo=0.0)))
+        object.__setattr__(self, "top_ps", _check_list(f"{g}.top_ps", self.top_ps,
+                                                       lambda k, v: _check_float(k, v, lo=0.0, hi=1.0, lo_open=True)))
+        _check_list(f"{g}.diffusion_steps", self.diffusion_steps, lambda k, v: _check_int(k, v, lo=1, hi=1000))
+        _check_int(f"{g}.per_class", self.per_class, lo=2)
+        _check_int(f"{g}.reference_per_class", self.reference_per_class, lo=2)
         _check_int(f"{g}.seed", self.seed, lo=0)
 
 
@@ -277,6 +321,7 @@ GROUPS = {
     "model": ModelParams,
     "train": TrainParams,
     "sample": SampleParams,
+    "tune": TuneParams,
     "train_classifier": TrainClassifierParams,
     "eval": EvalParams,
 }

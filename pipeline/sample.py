@@ -13,7 +13,8 @@ top-k, top-p and guidance are transformers' logits processors.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from . import figures
 from .coder import Encoded
 from .devices import Distributed, resolve_device
 from .formats import concatenate, write_samples
-from .io import atomic_dir
+from .io import atomic_dir, write_json
 from .model import Decoder, WaveletGPT, masked_logits
 from .params import Params
 from .progress import log
@@ -42,6 +43,7 @@ class Decoding:
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     cfg_scale: float = 1.0  # 1: no classifier-free guidance
+    diffusion_steps: int = 50  # sampler steps (diffusion models only)
 
     def warpers(self) -> LogitsProcessorList:
         chosen = LogitsProcessorList()
@@ -152,7 +154,7 @@ def class_list(classes, n_classes: int) -> list[int]:
     return list(classes)
 
 
-def sample_figures(model: WaveletGPT, encoded: Encoded, labels: np.ndarray, images: np.ndarray,
+def sample_figures(sampler, encoded: Encoded, labels: np.ndarray, images: np.ndarray,
                    classes: list[int], per_class: int, folder: Path) -> None:
     by_class = images.reshape(len(classes), per_class, *images.shape[1:]) / 255.0
     for label, class_images in zip(classes, by_class):
@@ -160,52 +162,102 @@ def sample_figures(model: WaveletGPT, encoded: Encoded, labels: np.ndarray, imag
                            title=f"class {label}: {per_class} samples")
     figures.image_grid(by_class[:, :10], folder / "overview.png", [str(label) for label in classes],
                        title="Samples (rows: classes)")
+    if not sampler.autoregressive:
+        return
     # One sample of each of a few classes, coarse to fine, with where each stage's tokens sit.
     shown = np.array(classes)[np.linspace(0, len(classes) - 1, min(PROGRESSIVE_EXAMPLES, len(classes))).astype(int)]
     picks = [int(np.flatnonzero(labels == label)[0]) for label in shown]
     figures.progressive_figure(
-        model.language, encoded, picks, folder / "progressive.png",
+        sampler.language, encoded, picks, folder / "progressive.png",
         [f"class {labels[j]}\n{encoded.lengths[j]} tok" for j in picks],
         "Coarse-to-fine generation: image after each stage, and that stage's token positions",
         show_positions=True)
 
 
-def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/model",
-        out: str | Path = "data/samples", figures_dir: str | Path = "reports/samples") -> dict | None:
-    settings = p.sample
-    dist = Distributed()
-    device = resolve_device(device_name, p.profile, dist.local_rank)
-    dist.start(device)
-    model = WaveletGPT.load(model_dir).to(device).eval()
-    classes = class_list(settings.classes, model.config.n_classes)
-    labels = np.repeat(np.array(classes, dtype=np.int64), settings.per_class)
-    e0 = draw_initial_exponents(model, labels, np.random.default_rng(settings.seed))
-    decoding = Decoding(settings.temperature, settings.top_k, settings.top_p, settings.cfg_scale)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(settings.seed * 1_000_003 + dist.rank)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+class TransformerSampler:
+    """Autoregressive sampling of a trained WaveletGPT, grammar-constrained."""
 
+    autoregressive = True
+
+    def __init__(self, model: WaveletGPT):
+        self.model = model
+        self.language = model.language
+        self.n_classes = model.config.n_classes
+        self.conditional = model.config.condition == "class"
+
+    def generate(self, labels: np.ndarray, rows: np.ndarray, decoding: Decoding, seed: int, batch_size: int,
+                 generator: torch.Generator, progress: str = "") -> list[tuple[np.ndarray, Encoded]]:
+        """Sequences for labels[rows], batch by batch. Each row's e0 is drawn from (seed, all labels),
+        so it does not depend on which rows a process samples."""
+        device = next(self.model.parameters()).device
+        e0 = draw_initial_exponents(self.model, labels, np.random.default_rng(seed))
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+        parts = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            parts.append((chunk, generate(self.model, labels[chunk], e0[chunk], decoding, generator, autocast)))
+            if progress:
+                log(f"{progress}: {min(start + batch_size, len(rows))}/{len(rows)} sequences")
+        return parts
+
+
+def load_sampler(model_dir: str | Path, device: torch.device):
+    """The sampler for what the train stage saved in model_dir (a transformer or a diffusion model)."""
+    from .diffusion import MARKER, DiffusionSampler
+
+    if Path(model_dir, MARKER).is_file():
+        return DiffusionSampler(Path(model_dir), device)
+    return TransformerSampler(WaveletGPT.load(model_dir).to(device).eval())
+
+
+def decoding_of(settings) -> Decoding:
+    return Decoding(settings.temperature, settings.top_k, settings.top_p, settings.cfg_scale, settings.diffusion_steps)
+
+
+def sample_rows(sampler, labels: np.ndarray, decoding: Decoding, seed: int, batch_size: int,
+                device: torch.device, dist: Distributed | None = None, progress: str = "") -> Encoded | None:
+    """Samples for all labels (each process its share under torchrun); the gathered sequences in
+    label order on the main process, None on the others."""
+    dist = dist or Distributed()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed * 1_000_003 + dist.rank)
     mine = np.arange(dist.rank, len(labels), dist.world)
-    parts = []
-    for start in range(0, len(mine), settings.batch_size):
-        rows = mine[start:start + settings.batch_size]
-        parts.append((rows, generate(model, labels[rows], e0[rows], decoding, generator, autocast)))
-        log(f"sample: {min(start + settings.batch_size, len(mine))}/{len(mine)} sequences"
-            + (f" on rank {dist.rank}" if dist.world > 1 else ""))
+    parts = sampler.generate(labels, mine, decoding, seed, batch_size, generator,
+                             progress + (f" on rank {dist.rank}" if dist.world > 1 else ""))
     if dist.world > 1:
         gathered = [None] * dist.world if dist.is_main else None
         torch.distributed.gather_object(parts, gathered, dst=0)
         parts = [part for rank_parts in (gathered or []) for part in rank_parts]
+    return _in_row_order(parts) if dist.is_main else None
+
+
+def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/model",
+        out: str | Path = "data/samples", figures_dir: str | Path = "reports/samples",
+        metrics_path: str | Path = "reports/sample.json") -> dict | None:
+    settings = p.sample
+    dist = Distributed()
+    device = resolve_device(device_name, p.profile, dist.local_rank)
+    dist.start(device)
+    sampler = load_sampler(model_dir, device)
+    classes = class_list(settings.classes, sampler.n_classes)
+    labels = np.repeat(np.array(classes, dtype=np.int64), settings.per_class)
+    decoding = decoding_of(settings)
+    clock = time.perf_counter()
+    encoded = sample_rows(sampler, labels, decoding, settings.seed, settings.batch_size, device, dist, "sample")
+    seconds = time.perf_counter() - clock
     metrics = None
     if dist.is_main:
-        encoded = _in_row_order(parts)
-        images = model.language.decode(encoded)  # checks every sequence against the grammar once more
+        images = sampler.language.decode(encoded)  # checks every sequence against the grammar once more
         with atomic_dir(out) as tmp:
             write_samples(tmp / "samples.parquet", labels, encoded, images)
-        sample_figures(model, encoded, labels, images, classes, settings.per_class, Path(figures_dir))
+        sample_figures(sampler, encoded, labels, images, classes, settings.per_class, Path(figures_dir))
         metrics = {"samples": int(len(labels)), "length_mean": float(encoded.lengths.mean()),
-                   "length_max": int(encoded.lengths.max())}
-        log(f"wrote {len(labels)} samples to {out}, mean length {encoded.lengths.mean():.1f}")
+                   "length_max": int(encoded.lengths.max()), "decoding": asdict(decoding),
+                   "seconds": seconds, "images_per_s": len(labels) / seconds, "device": device.type,
+                   "processes": dist.world}
+        write_json(metrics_path, metrics)
+        log(f"wrote {len(labels)} samples to {out}, mean length {encoded.lengths.mean():.1f}, "
+            f"{len(labels) / seconds:.1f} images/s")
     dist.barrier()
     dist.stop()
     return metrics

@@ -13,7 +13,7 @@ from . import dwt, figures, wavelets
 from .formats import write_shard
 from .idx import N_CLASSES, SPLITS
 from .io import atomic_dir, write_json
-from .language import WaveletLanguage
+from .language import PixelLanguage, WaveletLanguage
 from .params import Params
 from .progress import log, track
 
@@ -22,8 +22,11 @@ IMAGE_SIZE = (28, 28)
 PROGRESSIVE_EXAMPLES = 6
 
 
-def language_for(p: Params, size: int) -> WaveletLanguage:
+def language_for(p: Params, size: int):
+    """The token language the params ask for, over the dwt stage's M x M coefficient matrices."""
     settings = p.tokenizer
+    if settings.method == "pixels":
+        return PixelLanguage(p.wavelet, settings.pixel_levels, *IMAGE_SIZE)
     return WaveletLanguage(p.wavelet, settings.method, settings.final_exponent, settings.initial_threshold, size,
                            *IMAGE_SIZE)
 
@@ -93,7 +96,8 @@ def run(p: Params, dwt_root: str | Path = "data/dwt", out: str | Path = "data/to
         write_json(tmp / "meta.json", meta)
 
     settings = p.tokenizer
-    metrics = {"method": settings.method, "wavelet": p.wavelet, "final_exponent": settings.final_exponent}
+    metrics = {"method": settings.method, "wavelet": p.wavelet, "final_exponent": settings.final_exponent,
+               "pixel_levels": settings.pixel_levels}
     for split, split_stats in stats.items():
         planes = split_stats["plane_counts"] / len(split_stats["lengths"])
         metrics[split] = {
@@ -109,7 +113,7 @@ def run(p: Params, dwt_root: str | Path = "data/dwt", out: str | Path = "data/to
     figures_dir = Path(figures_dir)
     figures.histogram({split: split_stats["lengths"] for split, split_stats in stats.items()},
                       figures_dir / "length_histogram.png", "tokens per image",
-                      f"Sequence lengths ({p.dataset}, {p.wavelet}, {settings.method}, f={settings.final_exponent})")
+                      f"Sequence lengths ({p.dataset}, {language.name})")
     test_coeffs, _ = dwt.load("test", dwt_root)
     examples = np.asarray(test_coeffs[:PROGRESSIVE_EXAMPLES])
     encoded = language.encode(examples)
@@ -117,7 +121,7 @@ def run(p: Params, dwt_root: str | Path = "data/dwt", out: str | Path = "data/to
     figures.progressive_figure(
         language, encoded, range(len(examples)), figures_dir / "progressive.png",
         [f"e0={e}\n{n} tok" for e, n in zip(encoded.initial_exponents, encoded.lengths)],
-        f"Progressive decoding ({p.wavelet}, {settings.method}, f={settings.final_exponent})", originals=originals)
+        f"Progressive decoding ({language.name})", originals=originals)
     return metrics
 
 

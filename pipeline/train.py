@@ -28,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from . import formats, provenance
+from .batches import LengthBatches, class_dropout
 from .devices import Distributed, autocast, resolve_device
 from .io import InputError, atomic_dir, atomic_file
 from .language import from_description
@@ -66,11 +68,15 @@ class TokenData:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def width(self, rows: np.ndarray) -> int:
+        """The padded width of a batch of these sequences."""
+        return int(self.lengths[rows].max())
+
     def batch(self, rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
         """Padded tensors for the given sequences: inputs are the previous tokens (the start token
         first), targets the tokens (-1 on padding), positions those of the targets, `valid` the
         ids the grammar allows at each target (all of them on padding)."""
-        width = int(self.lengths[rows].max())
+        width = self.width(rows)
         out = {name: np.zeros((len(rows), width), np.int64) for name in ("prev", "bp", "i1", "i2", "code")}
         out["target"] = np.full((len(rows), width), -1, np.int64)
         for r, j in enumerate(rows):
@@ -89,45 +95,6 @@ class TokenData:
         tensors["e0"] = torch.from_numpy(self.e0[rows]).to(device)
         tensors["label"] = torch.from_numpy(self.labels[rows]).to(device)
         return tensors
-
-
-class LengthBatches:
-    """Global batches of `batch_size * world` similar-length sequences, a fresh seeded order every
-    epoch; rank r trains on the r-th slice of each.
-
-    The global batch of step s depends only on (seed, s, batch_size * world): a resumed run sees
-    the same batches as an uninterrupted one, and 2 processes of batch b see what one process of
-    batch 2b sees. Every batch is full (a random few sequences sit out each epoch instead).
-    """
-
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, world: int = 1, rank: int = 0):
-        self.lengths, self.batch_size, self.seed, self.world, self.rank = lengths, batch_size, seed, world, rank
-        self.global_size = batch_size * world
-        if len(lengths) < self.global_size:
-            raise ValueError(f"train.batch_size={batch_size} x {world} process(es) needs at least "
-                             f"{self.global_size} training sequences; data/tokens has {len(lengths)}")
-        self.per_epoch = len(lengths) // self.global_size
-        self._epoch_number, self._batches = -1, []
-
-    def _epoch(self, epoch: int) -> list[np.ndarray]:
-        rng = np.random.default_rng([self.seed, epoch])
-        # Sort by length with random tie-breaking and jitter, so batches change between epochs.
-        keys = self.lengths + rng.uniform(0, 32, len(self.lengths))
-        sitting_out = rng.choice(len(keys), len(keys) % self.global_size, replace=False)
-        keys[sitting_out] = np.inf
-        order = np.argsort(keys, kind="stable")[:self.per_epoch * self.global_size]
-        batches = order.reshape(self.per_epoch, self.global_size)
-        return [batches[i] for i in rng.permutation(self.per_epoch)]
-
-    def global_rows(self, step: int) -> np.ndarray:
-        epoch, index = divmod(step, self.per_epoch)
-        if epoch != self._epoch_number:
-            self._epoch_number, self._batches = epoch, self._epoch(epoch)
-        return self._batches[index]
-
-    def rows(self, step: int) -> np.ndarray:
-        """This rank's share of the global batch of `step`."""
-        return self.global_rows(step)[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
 
 
 def load_data(tokens_root: Path) -> tuple[dict, TokenData, TokenData]:
@@ -154,8 +121,8 @@ def model_config(p: Params, meta: dict) -> WaveletGPTConfig:
     )
 
 
-def build_optimizer(model: torch.nn.Module, p: Params, device: torch.device):
-    """AdamW (weight decay on matrices only) and its warmup + cosine schedule."""
+def build_optimizer(model: torch.nn.Module, p: Params, device: torch.device, steps: int):
+    """AdamW (weight decay on matrices only) and its warmup + cosine schedule over `steps`."""
     settings = p.train
     decay = [w for w in model.parameters() if w.requires_grad and w.dim() >= 2]
     no_decay = [w for w in model.parameters() if w.requires_grad and w.dim() < 2]
@@ -163,19 +130,8 @@ def build_optimizer(model: torch.nn.Module, p: Params, device: torch.device):
                                    {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.95),
                                   fused=device.type == "cuda")
     schedule = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, settings.warmup_steps, settings.steps, min_lr_rate=settings.min_lr_ratio)
+        optimizer, settings.warmup_steps, steps, min_lr_rate=settings.min_lr_ratio)
     return optimizer, schedule
-
-
-def class_dropout(labels: torch.Tensor, p: Params, step: int, dist: Distributed, null_class: int) -> torch.Tensor:
-    """Replace a `train.cond_dropout` share of labels by the null class (classifier-free guidance).
-    Drawn for the global batch from (seed, step), so it survives resumes and does not depend on
-    the number of processes."""
-    size = p.train.batch_size
-    generator = torch.Generator().manual_seed(p.train.seed * 1_000_003 + step)
-    drop = torch.rand(size * dist.world, generator=generator) < p.train.cond_dropout
-    drop = drop[dist.rank * size:dist.rank * size + len(labels)]
-    return torch.where(drop.to(labels.device), torch.full_like(labels, null_class), labels)
 
 
 # ----- checkpoints -----
@@ -263,7 +219,6 @@ def evaluate(model, data: TokenData, rows: np.ndarray, batch_size: int, device, 
         masked += token_nll(logits, batch["target"], batch["valid"]).sum().item()
         unmasked += token_nll(logits, batch["target"], None).sum().item()
         tokens += int((batch["target"] >= 0).sum())
-    model.train()
     return {"bits_per_token": bits(masked / tokens), "bits_per_image": bits(masked / len(rows)),
             "unmasked_bits_per_token": bits(unmasked / tokens),
             "unmasked_bits_per_image": bits(unmasked / len(rows)), "images": int(len(rows)),
@@ -272,22 +227,134 @@ def evaluate(model, data: TokenData, rows: np.ndarray, batch_size: int, device, 
 
 # ----- the loop -----
 
-def train_step(trained, model, optimizer, schedule, batch: dict, p: Params, dist: Distributed, device) -> torch.Tensor:
-    """One optimizer step on this rank's share of the global batch; returns the summed NLL (nats)
-    and the token count of this share."""
-    with autocast(device, p.train.precision):
+class TransformerTask:
+    """What the training loop needs to know about the transformer: its batches, loss, FLOPs,
+    validation, final figures and how it is saved. (pipeline/diffusion.py has the other one.)"""
+
+    def __init__(self, p: Params, tokens_root: Path, device: torch.device, dist: Distributed):
+        self.p, self.device, self.dist = p, device, dist
+        meta, self.train_data, self.test_data = load_data(tokens_root)
+        self.meta = meta
+        self.model = WaveletGPT(model_config(p, meta)).to(device)
+        self.batches = LengthBatches(self.train_data.lengths, p.train.batch_size, p.train.seed, dist.world, dist.rank)
+        self.model.eval()  # no dropout: counting must not draw from the random stream
+        self._flops = quadratic_flops(self._one_step)
+        self.model.zero_grad(set_to_none=True)
+        self.model.train()
+        self.unit = "token"
+
+    def describe(self) -> str:
+        return f"{len(self.train_data)} training sequences"
+
+    def batch(self, step: int) -> dict:
+        batch = self.train_data.batch(self.batches.rows(step), self.device)
+        if self.model.config.condition == "class" and self.p.train.cond_dropout > 0:
+            batch["label"] = class_dropout(batch["label"], self.p, step, self.dist, self.model.config.null_class)
+        return batch
+
+    def loss(self, trained, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed NLL (nats) of this rank's share, and its token count."""
         logits = trained(batch["prev"], batch["bp"], batch["i1"], batch["i2"], batch["e0"], batch["label"])
-    nll = token_nll(logits, batch["target"], batch["valid"] if p.train.grammar_mask else None).sum()
-    tokens = (batch["target"] >= 0).sum()
-    # DDP averages gradients over processes: scaling by world / global tokens makes the update
-    # that of the mean NLL over every token of the global batch.
-    global_tokens = dist.all_sum(tokens.float())
-    (nll * dist.world / global_tokens).backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), p.train.grad_clip)
+        nll = token_nll(logits, batch["target"], batch["valid"] if self.p.train.grammar_mask else None).sum()
+        return nll, (batch["target"] >= 0).sum()
+
+    def _one_step(self, width: int) -> None:
+        """Forward and backward of one sequence of `width` tokens, for the FLOP counter."""
+        x = torch.zeros(1, width, dtype=torch.long, device=self.device)
+        zero = torch.zeros(1, dtype=torch.long, device=self.device)
+        with autocast(self.device, self.p.train.precision):
+            logits = self.model(x, x, x, x, zero + self.model.config.e0_min, zero)
+        logits.float().sum().backward()
+
+    def step_flops(self, step: int) -> float:
+        """Training FLOPs of a step (all processes): each rank's batch at its padded width."""
+        rows = self.batches.global_rows(step)
+        size = self.p.train.batch_size
+        return sum(self._flops(len(share), self.train_data.width(share))
+                   for share in (rows[r * size:(r + 1) * size] for r in range(self.dist.world)))
+
+    def validate(self, rows: np.ndarray) -> dict:
+        return evaluate(self.model, self.test_data, rows, self.p.train.batch_size, self.device, self.p.train.precision)
+
+    def validation_figures(self, val: dict) -> dict:
+        return {"val/loss": val["bits_per_token"] * math.log(2), "val/bits_per_token": val["bits_per_token"]}
+
+    def describe_validation(self, val: dict) -> str:
+        return f"val {val['bits_per_token']:.4f} bits/token"
+
+    def loss_figures(self, loss: float) -> dict:
+        return {"train/loss": loss, "train/bits_per_token": bits(loss)}
+
+    def final(self) -> dict:
+        """Test NLL over `train.final_eval_images` test sequences."""
+        n = len(self.test_data)
+        rows = np.arange(n if self.p.train.final_eval_images is None else min(n, self.p.train.final_eval_images))
+        final = self.validate(rows)
+        log(f"test NLL over {final['images']} images: {final['bits_per_token']:.4f} bits/token, "
+            f"{final['bits_per_image']:.1f} bits/image")
+        return final
+
+    @property
+    def n_eval(self) -> int:
+        return len(self.test_data)
+
+    def save(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+
+
+def quadratic_flops(one_step) -> "callable":
+    """FLOPs of a training step of B sequences of width T, counted by torch's FlopCounterMode.
+
+    A transformer step costs B (a T + b T^2) (projections and MLPs linear in T, attention
+    quadratic); two counted widths give a and b exactly, so every step's count is known from its
+    batch shape without counting it (a deterministic figure, unlike wall-clock)."""
+    counts = {}
+    for width in (64, 128):
+        with FlopCounterMode(display=False) as counter:
+            one_step(width)
+        counts[width] = counter.get_total_flops()
+    b = (counts[128] - 2 * counts[64]) / (128 ** 2 - 2 * 64 ** 2)
+    a = (counts[64] - b * 64 ** 2) / 64
+    return lambda batch, width: batch * (a * width + b * width * width)
+
+
+def make_task(p: Params, tokens_root: Path, device: torch.device, dist: Distributed):
+    if p.model.family == "diffusion":
+        from .diffusion import DiffusionTask
+
+        return DiffusionTask(p, tokens_root, device, dist)
+    return TransformerTask(p, tokens_root, device, dist)
+
+
+def planned_steps(p: Params, task) -> tuple[int, float]:
+    """`train.steps`, or with `train.flops` set, the most steps whose FLOPs fit in that budget;
+    and the FLOPs of those steps."""
+    total, step = 0.0, 0
+    limit = p.train.flops
+    while (step < p.train.steps) if limit is None else True:
+        cost = task.step_flops(step)
+        if limit is not None and total + cost > limit:
+            break
+        total, step = total + cost, step + 1
+    if step == 0:
+        raise ValueError(f"params.yaml: train.flops={limit:g} does not pay for one step ({task.step_flops(0):.3g} FLOPs)")
+    return step, total
+
+
+def train_step(task, trained, optimizer, schedule, batch: dict, p: Params, dist: Distributed) -> torch.Tensor:
+    """One optimizer step on this rank's share of the global batch; returns the summed loss and
+    the count (tokens, or pixels) of this share."""
+    with autocast(task.device, p.train.precision):
+        loss_sum, count = task.loss(trained, batch)
+    # DDP averages gradients over processes: scaling by world / global count makes the update
+    # that of the mean loss over the whole global batch.
+    global_count = dist.all_sum(count.float())
+    (loss_sum * dist.world / global_count).backward()
+    torch.nn.utils.clip_grad_norm_(task.model.parameters(), p.train.grad_clip)
     optimizer.step()
     schedule.step()
     optimizer.zero_grad(set_to_none=True)
-    return torch.stack([nll.detach().float(), tokens.float()])
+    return torch.stack([loss_sum.detach().float(), count.float()])
 
 
 def run(p: Params, device_name: str = "auto", tokens_root: str | Path = "data/tokens",
@@ -299,12 +366,12 @@ def run(p: Params, device_name: str = "auto", tokens_root: str | Path = "data/to
     dist.start(device)
     torch.manual_seed(settings.seed)
     tokens_root, checkpoint_dir = Path(tokens_root), Path(checkpoint_dir)
-    meta, train_data, test_data = load_data(tokens_root)
-
-    model = WaveletGPT(model_config(p, meta)).to(device)
-    optimizer, schedule = build_optimizer(model, p, device)
+    task = make_task(p, tokens_root, device, dist)
+    model = task.model
+    steps, flops = planned_steps(p, task)
+    optimizer, schedule = build_optimizer(model, p, device, steps)
     checkpoint_path, run_log = checkpoint_dir / CHECKPOINT, checkpoint_dir / LIVE
-    run_fingerprint = fingerprint(p, meta, dist.world, tokens_root)
+    run_fingerprint = fingerprint(p, task.meta, dist.world, tokens_root)
     state = load_checkpoint(checkpoint_path, run_fingerprint)
     start_step = 0
     if state is not None:
@@ -321,69 +388,64 @@ def run(p: Params, device_name: str = "auto", tokens_root: str | Path = "data/to
             trained, device_ids=[device.index] if device.type == "cuda" else None)
     live = open_live_log(run_log, start_step) if dist.is_main else None
     n_params = sum(w.numel() for w in model.parameters())
-    log(f"model: {n_params:,} parameters, device {device}, {dist.world} process(es), "
-        f"{len(train_data)} training sequences")
+    log(f"model: {n_params:,} parameters, device {device}, {dist.world} process(es), {task.describe()}; "
+        f"{steps} steps, {flops:.3g} training FLOPs")
 
-    batches = LengthBatches(train_data.lengths, settings.batch_size, settings.seed, dist.world, dist.rank)
-    eval_rows = np.arange(min(len(test_data), settings.eval_batches * settings.batch_size))
+    eval_rows = np.arange(min(task.n_eval, settings.eval_batches * settings.batch_size))
     totals, clock = torch.zeros(2), time.perf_counter()
     model.train()
-    for step in track(range(start_step, settings.steps), "train", total=settings.steps - start_step):
-        batch = train_data.batch(batches.rows(step), device)
-        if model.config.condition == "class" and settings.cond_dropout > 0:
-            batch["label"] = class_dropout(batch["label"], p, step, dist, model.config.null_class)
-        nll_and_tokens = dist.all_sum(train_step(trained, model, optimizer, schedule, batch, p, dist, device)).cpu()
-        loss = nll_and_tokens[0] / nll_and_tokens[1]
+    for step in track(range(start_step, steps), "train", total=steps - start_step):
+        batch = task.batch(step)
+        loss_and_count = dist.all_sum(train_step(task, trained, optimizer, schedule, batch, p, dist)).cpu()
+        loss = loss_and_count[0] / loss_and_count[1]
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"training loss is {loss.item()} at step {step}; the last good checkpoint "
                 f"({checkpoint_path}) and the previous reports are kept. Lower train.lr or raise "
                 f"train.warmup_steps.")
-        totals += nll_and_tokens
+        totals += loss_and_count
         done = step + 1
-        if live is not None and (done % settings.log_every == 0 or done == settings.steps):
+        if live is not None and (done % settings.log_every == 0 or done == steps):
             elapsed = time.perf_counter() - clock
             live.step = done
-            live.log_metric("train/loss", loss.item())
-            live.log_metric("train/bits_per_token", bits(loss.item()))
-            live.log_metric("train/tokens_per_s", totals[1].item() / elapsed)
+            for name, value in task.loss_figures(loss.item()).items():
+                live.log_metric(name, value)
+            live.log_metric(f"train/{task.unit}s_per_s", totals[1].item() / elapsed)
             live.log_metric("train/lr", schedule.get_last_lr()[0])
-            if done % settings.eval_every == 0 or done == settings.steps:
-                val = evaluate(model, test_data, eval_rows, settings.batch_size, device, settings.precision)
-                live.log_metric("val/loss", val["bits_per_token"] * math.log(2))
-                live.log_metric("val/bits_per_token", val["bits_per_token"])
-                log(f"step {done}: train {bits(loss.item()):.4f} bits/token, "
-                    f"val {val['bits_per_token']:.4f} bits/token, {totals[1].item() / elapsed:,.0f} tokens/s")
+            if done % settings.eval_every == 0 or done == steps:
+                val = task.validate(eval_rows)
+                model.train()
+                for name, value in task.validation_figures(val).items():
+                    live.log_metric(name, value)
+                log(f"step {done}: train loss {loss.item():.4f}, {task.describe_validation(val)}, "
+                    f"{totals[1].item() / elapsed:,.0f} {task.unit}s/s")
             live.make_summary()
-        if done % settings.checkpoint_every == 0 or done == settings.steps:
+        if done % settings.checkpoint_every == 0 or done == steps:
             if dist.is_main:
                 save_checkpoint(checkpoint_path, model, optimizer, schedule, done, run_fingerprint)
             dist.barrier()
 
     metrics = None
     if dist.is_main:
-        metrics = finish(p, model, test_data, live, device, Path(model_dir), run_log, Path(live_dir),
-                         tokens_per_s=totals[1].item() / (time.perf_counter() - clock), processes=dist.world)
+        seconds = time.perf_counter() - clock
+        metrics = finish(task, live, device, Path(model_dir), run_log, Path(live_dir), steps=steps, flops=flops,
+                         seconds=seconds, per_s=totals[1].item() / seconds, processes=dist.world)
     dist.barrier()
     dist.stop()
     return metrics
 
 
-def finish(p: Params, model, test_data: TokenData, live, device, model_dir: Path, run_log: Path,
-           live_dir: Path, tokens_per_s: float, processes: int) -> dict:
-    """Final test NLL, the model in HuggingFace format, the summary; then publish the curves."""
-    settings = p.train
-    rows = np.arange(len(test_data) if settings.final_eval_images is None else min(len(test_data), settings.final_eval_images))
-    final = evaluate(model, test_data, rows, settings.batch_size, device, settings.precision)
-    log(f"test NLL over {final['images']} images: {final['bits_per_token']:.4f} bits/token, "
-        f"{final['bits_per_image']:.1f} bits/image")
+def finish(task, live, device, model_dir: Path, run_log: Path, live_dir: Path, steps: int, flops: float,
+           seconds: float, per_s: float, processes: int) -> dict:
+    """Final test figures, the model, the summary; then publish the curves."""
+    final = task.final()
     with atomic_dir(model_dir) as tmp:
-        model.save_pretrained(tmp)
-    metrics = {"test": final, "parameters": sum(w.numel() for w in model.parameters()), "steps": settings.steps,
-               "train_tokens_per_s": tokens_per_s, "device": device.type, "processes": processes}
-    live.summary["test"] = final
-    for key in ("parameters", "train_tokens_per_s", "device", "processes"):
-        live.summary[key] = metrics[key]
+        task.save(tmp)
+    metrics = {"test": final, "parameters": sum(w.numel() for w in task.model.parameters()), "steps": steps,
+               "train_flops": flops, "train_seconds": seconds, f"train_{task.unit}s_per_s": per_s,
+               "device": device.type, "processes": processes}
+    for key, value in metrics.items():
+        live.summary[key] = value
     live.make_summary()
     publish(run_log, live_dir)
     return metrics

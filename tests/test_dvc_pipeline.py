@@ -30,10 +30,12 @@ def dvc(repo: Path, *args: str, mirror: Path, ok: bool = True) -> str:
 
 TINY = {
     "dwt": {"limit": 200},
-    "sample": {"classes": [0, 1], "per_class": 5, "batch_size": 10},
+    "sample": {"classes": [0, 1], "per_class": 5, "batch_size": 10, "diffusion_steps": 4},
+    "tune": {"cfg_scales": [1.0, 2.0], "top_ps": [1.0], "diffusion_steps": [2, 4], "per_class": 3,
+             "reference_per_class": 5},
     "train_classifier": {"epochs": 1},
     "eval": {"num_samples": 10, "reference_images": 10, "kid_subset_size": 5, "batch_size": 10},
-    "model": {"n_layer": 1, "n_embd": 32, "n_head": 2},
+    "model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "unet_channels": [8, 16]},
     "train": {"steps": 4, "batch_size": 4, "log_every": 2, "eval_every": 2, "eval_batches": 1,
               "final_eval_images": 8, "checkpoint_every": 2},
 }
@@ -138,11 +140,13 @@ def test_gpu_profile_with_an_explicit_override(small_repo, mirror):
         assert "model:" not in out
 
 
+SCORES = {"inception", "classifier", "conditional_accuracy"}
 METRIC_GROUPS = {
-    "generated": {"inception", "classifier", "conditional_accuracy"},
-    "real_floor": {"inception", "classifier"},
+    "generated": SCORES | {"decoding"}, "tuned": SCORES | {"decoding"},
+    "real_floor": SCORES, "tokenizer_floor": SCORES,
     "likelihood": {"test_bits_per_token", "test_bits_per_image", "test_images"},
-    "tokenizer": {"test_psnr_db"}, "classifier": {"test_accuracy"},
+    "tokenizer": {"language", "test_psnr_db"}, "classifier": {"test_accuracy"},
+    "compute": {"train_flops", "train_minutes", "sample_images_per_s"},
     "counts": {"generated", "real_train", "reference_test", "classes"}, "extractors": {"inception", "classifier"},
 }
 INCEPTION = {"fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "isc_mean", "isc_std"}
@@ -153,7 +157,7 @@ def test_whole_chain_and_ablations_with_metrics_diff(small_repo, mirror):
     dvc(small_repo, "repro", mirror=mirror)
     metrics = json.loads((small_repo / "reports/metrics.json").read_text())
     assert {k: set(v) for k, v in metrics.items()} == METRIC_GROUPS
-    for group in ("generated", "real_floor"):
+    for group in ("generated", "tuned", "real_floor", "tokenizer_floor"):
         assert set(metrics[group]["inception"]) == INCEPTION
         assert {"fid", "kid_mean", "kid_std", "isc_mean", "isc_std"} <= set(metrics[group]["classifier"])
     assert metrics["extractors"]["inception"] and "wavelet-classifier" in metrics["extractors"]["classifier"]
@@ -161,11 +165,9 @@ def test_whole_chain_and_ablations_with_metrics_diff(small_repo, mirror):
     assert metrics["counts"]["classes"] == 2  # sample.classes: [0, 1], and the references follow
     assert "up to date" in dvc(small_repo, "repro", mirror=mirror)
 
-    # One sampling knob reruns sample and evaluate only.
+    # One sampling knob reruns sample, tune (whose grid is around the shared settings) and evaluate only.
     out = dvc(small_repo, "exp", "run", "-n", "topk", "-S", "sample.top_k=3", mirror=mirror)
-    ran = {stage for stage in ("download", "dwt", "tokenize", "train", "sample", "train_classifier", "evaluate")
-           if f"Running stage '{stage}'" in out}
-    assert ran == {"sample", "evaluate"}, out
+    assert ran(out) == {"sample", "tune", "evaluate"}, out
 
     dvc(small_repo, "exp", "run", "-n", "bior", "-S", "wavelet=bior4.4", mirror=mirror)
     dvc(small_repo, "exp", "run", "-n", "fashion", "-S", "dataset=fashion_mnist", mirror=mirror)
@@ -173,3 +175,30 @@ def test_whole_chain_and_ablations_with_metrics_diff(small_repo, mirror):
     assert "reports/metrics.json" in diff and "generated.classifier.fid" in diff["reports/metrics.json"]
     shown = dvc(small_repo, "exp", "show", "--json", mirror=mirror)
     assert "conditional_accuracy" in shown and "bior4.4" in shown and "fashion_mnist" in shown
+
+
+STAGES = ("download", "dwt", "tokenize", "train", "sample", "train_classifier", "tune", "evaluate")
+
+
+def ran(out: str) -> set[str]:
+    return {stage for stage in STAGES if f"Running stage '{stage}'" in out}
+
+
+@pytest.mark.parametrize("name,overrides,family", [
+    ("pixels", ["tokenizer.method=pixels"], "transformer"),
+    ("diffusion", ["family=diffusion"], "diffusion"),
+])
+def test_the_baselines_run_through_the_same_stages(small_repo, mirror, name, overrides, family):
+    baseline(small_repo)
+    out = dvc(small_repo, "exp", "run", "-n", name, *[arg for o in overrides for arg in ("-S", o)], mirror=mirror)
+    assert {"tokenize", "train", "sample", "tune", "evaluate"} <= ran(out), out
+    metrics = json.loads((small_repo / "reports/metrics.json").read_text())
+    assert metrics["tokenizer"]["language"].startswith("pixels")
+    assert metrics["compute"]["train_flops"] > 0 and metrics["generated"]["classifier"]["fid"] > 0
+    composed = yaml.safe_load((small_repo / "params.yaml").read_text())
+    assert composed["model"]["family"] == family
+    shown = json.loads(dvc(small_repo, "exp", "show", "--json", mirror=mirror))
+    runs = {r.get("name"): r for baseline_rev in shown for r in (baseline_rev.get("experiments") or [])}
+    recorded = runs[name]["revs"][0]["data"]
+    assert recorded["params"]["params.yaml"]["data"]["model"]["family"] == family
+    assert "compute" in recorded["metrics"]["reports/metrics.json"]["data"]

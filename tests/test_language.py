@@ -1,0 +1,87 @@
+"""The token-language interface: the pixel language (the baseline without wavelets) next to the
+wavelet language, driven by the same stages."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import dwt, idx
+from pipeline import sample as sample_stage
+from pipeline.language import PixelLanguage, WaveletLanguage, from_description
+from pipeline.model import WaveletGPT, WaveletGPTConfig
+
+
+@pytest.fixture(scope="module")
+def real(mnist_raw):
+    images, labels = idx.load_split("mnist", "test", mnist_raw)
+    return images[:200], labels[:200]
+
+
+def test_pixels_at_256_levels_are_the_images_exactly(real):
+    images, _ = real
+    language = PixelLanguage("haar", 256)
+    coeffs, _ = dwt.transform(images, "haar")
+    encoded = language.encode(coeffs)  # from the dwt stage's coefficients, as tokenize does
+    assert np.array_equal(encoded.offsets, np.arange(201) * 784)
+    assert np.array_equal(language.decode(encoded), images)
+    assert np.array_equal(language.encode_images(images).tokens, encoded.tokens)
+
+
+def test_quantised_pixels(real):
+    images, _ = real
+    language = PixelLanguage("haar", 4)
+    encoded = language.encode_images(images)
+    assert set(np.unique(encoded.tokens)) <= {0, 1, 2, 3}
+    decoded = language.decode(encoded)
+    assert set(np.unique(decoded)) <= {0, 85, 170, 255}
+    assert np.abs(decoded.astype(int) - images).max() <= 43  # half a step of 255 / 3
+    # Raster positions: row, column; one plane.
+    assert encoded.i1[:30].tolist() == [0] * 28 + [1, 1] and encoded.i2[27:30].tolist() == [27, 0, 1]
+    assert not encoded.bp.any() and not encoded.initial_exponents.any()
+    assert not language.mask_codes(encoded).any() and language.mask_table.all()
+
+
+def test_pixel_sequences_are_checked(real):
+    language = PixelLanguage("haar", 4)
+    encoded = language.encode_images(real[0][:3])
+    broken = encoded.select([0, 1, 2])
+    broken.i2[800] = 5
+    with pytest.raises(ValueError, match="sequence 1: token 16 has position i2=5"):
+        language.mask_codes(broken)
+    short = broken.select([0])
+    short = type(short)(short.tokens[:-1], short.bp[:-1], short.i1[:-1], short.i2[:-1], np.array([0, 783]),
+                        short.initial_exponents)
+    with pytest.raises(ValueError, match="ends after 783 tokens"):
+        language.mask_codes(short)
+    wrong = encoded.select([0])
+    wrong.tokens[3] = 9
+    with pytest.raises(ValueError, match="token 3 is 9, not a level 0..3"):
+        language.decode(wrong)
+    # A prefix decodes, the rest of the image black.
+    prefix = encoded.select([0])
+    prefix = type(prefix)(prefix.tokens[:100], prefix.bp[:100], prefix.i1[:100], prefix.i2[:100], np.array([0, 100]),
+                          prefix.initial_exponents)
+    assert not language.decode(prefix)[0, 4:].any()
+
+
+def test_descriptions_round_trip():
+    for language in (PixelLanguage("bior4.4", 16), WaveletLanguage("haar", "zerotree", -2, "uniform")):
+        assert from_description(language.describe()) == language
+    with pytest.raises(ValueError, match="family 'jpeg'"):
+        from_description({"family": "jpeg"})
+
+
+def test_untrained_pixel_model_samples_are_valid_and_full_length():
+    torch.manual_seed(0)
+    language = PixelLanguage("haar", 4)
+    counts = {str(c): {"0": 1} for c in range(10)}
+    model = WaveletGPT(WaveletGPTConfig.for_language(language, n_layer=1, n_embd=16, n_head=2, n_positions=1,
+                                                     initial_exponent_counts=counts)).eval()
+    labels = np.arange(60) % 10
+    e0 = sample_stage.draw_initial_exponents(model, labels, np.random.default_rng(0))
+    encoded = sample_stage.generate(model, labels, e0, sample_stage.Decoding(top_p=0.9, cfg_scale=2.0),
+                                    torch.Generator().manual_seed(0))
+    assert (encoded.lengths == 784).all()
+    language.mask_codes(encoded)  # every position is the raster scan's
+    assert language.decode(encoded).shape == (60, 28, 28)
