@@ -26,6 +26,7 @@ STAGES = {
     "train": ("Train the transformer on data/tokens; the model goes to data/model/.", True),
     "sample": ("Generate class-conditional samples from data/model into data/samples/.", True),
     "tune": ("This model's best decoding setting from a small grid (validation half of the test split), and its samples.", True),
+    "complete": ("Real test images' first bit-planes completed by the model: PSNR, FID and a figure per k.", True),
     "train_classifier": ("Train the domain classifier (evaluation's feature extractor) into data/classifier/.", True),
     "evaluate": ("FID, KID, IS, precision/recall, conditional accuracy and NLL into reports/metrics.json.", True),
 }

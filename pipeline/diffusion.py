@@ -30,7 +30,7 @@ from .progress import log
 
 TIMESTEPS = 1000
 SIZE = 32  # images are centred in 32 x 32 (three UNet levels halve it twice)
-MARKER = "diffusion.json"  # beside the UNet's config: what the sampler needs to know
+MARKER = formats.DIFFUSION_MARKER
 diffusers_logging.disable_progress_bar()
 
 
@@ -195,7 +195,9 @@ class DiffusionSampler:
 
     @torch.no_grad()
     def generate(self, labels: np.ndarray, rows: np.ndarray, decoding, seed: int, batch_size: int,
-                 generator: torch.Generator, progress: str = "") -> list:
+                 progress: str = "", stats=None) -> list:
+        """Images for labels[rows], `batch_size` at a time; each row's starting noise comes from
+        (seed, row), so it does not depend on the batching or the process."""
         device = next(self.unet.parameters()).device
         guided = self.conditional and decoding.cfg_scale != 1.0
         self.schedule.set_timesteps(decoding.diffusion_steps)
@@ -205,7 +207,8 @@ class DiffusionSampler:
             label = torch.as_tensor(labels[chunk], device=device)
             if guided:
                 label = torch.cat([label, torch.full_like(label, self.n_classes)])
-            x = torch.randn((len(chunk), 1, SIZE, SIZE), generator=generator, device=device)
+            x = torch.cat([torch.randn((1, 1, SIZE, SIZE), generator=torch.Generator().manual_seed(seed * 1_000_003 + int(row)))
+                           for row in chunk]).to(device)
             for t in self.schedule.timesteps:
                 x_in = torch.cat([x, x]) if guided else x
                 with autocast(device, "bf16" if device.type == "cuda" else "fp32"):

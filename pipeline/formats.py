@@ -3,6 +3,8 @@
 - Token shards (spec section 9): `data/tokens/<split>/part-NNNNN.parquet`, one row per image,
   and the sidecar `data/tokens/meta.json` (tokenize -> train, evaluate).
 - Samples: `data/samples/samples.parquet`, one row per generated image (sample -> evaluate).
+- A trained model in data/model: HuggingFace format (train -> sample, tune, complete); a diffusion
+  model also has DIFFUSION_MARKER beside its config.
 
 Readers check what the writer promised (schema, ranges, lengths, agreement with meta.json) and
 raise InputError naming the file and the stage to rerun.
@@ -31,6 +33,7 @@ SAMPLES_SCHEMA = pa.schema([
     ("label", pa.int16()), ("initial_exponent", pa.int8()),
     ("tokens", pa.list_(pa.uint8())), ("image", pa.list_(pa.uint8())),
 ])
+DIFFUSION_MARKER = "diffusion.json"  # in data/model beside a diffusion model's config: what its sampler needs
 META_KEYS = ("dataset", "language", "vocab_size", "n_classes", "max_length", "splits",
              "initial_exponent_counts")
 

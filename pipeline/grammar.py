@@ -424,6 +424,23 @@ def _reset_all(approx, marks, counters, e0, method, final_exponent, plane0_uncov
 
 
 @njit(cache=True)
+def _reset_rows(approx, marks, counters, rows, e0, method, final_exponent, plane0_uncovers):
+    for n in range(len(rows)):
+        reset(approx, marks, counters, rows[n], e0[n], method, final_exponent, plane0_uncovers)
+
+
+@njit(cache=True)
+def _advance_row(table, approx, marks, counters, b, tokens, canonical):
+    """Apply a run of tokens to state b; -1, or the index of the first token that is not valid."""
+    for i in range(len(tokens)):
+        token = tokens[i]
+        if token < 0 or token >= VOCAB_SIZE or not (valid_mask(table, marks, counters, b, canonical) >> token) & 1:
+            return i
+        apply(table, approx, marks, counters, b, token)
+    return -1
+
+
+@njit(cache=True)
 def _observe(table, marks, counters, canonical, bp, i1, i2, masks, done):
     for b in range(len(done)):
         done[b] = counters[b, C_DONE]
@@ -488,6 +505,35 @@ class BatchScan:
     def approximations(self) -> np.ndarray:
         """(B, M, M) coefficient approximations of the sequences so far."""
         return scan_to_matrix(self.state.approx, self.language)
+
+    # ----- what continuous batching and prefilled prefixes need -----
+
+    def restart(self, rows, initial_exponents) -> None:
+        """States `rows` start new sequences with the given e0."""
+        rows = np.asarray(rows, dtype=np.int64)
+        e0 = self.language.check_initial_exponents(initial_exponents)
+        if len(rows) != len(e0) or (len(rows) and (rows.min() < 0 or rows.max() >= len(self.done))):
+            raise ValueError(f"rows {rows.tolist()} and {len(e0)} initial exponents for {len(self.done)} states")
+        _reset_rows(*self.state, rows, e0, self.language.method_id, self.language.final_exponent,
+                    int(self.language.plane0_uncovers))
+        self._observe()
+
+    def advance(self, row: int, tokens) -> None:
+        """Apply a run of tokens (a prefix) to one state."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if not 0 <= row < len(self.done):
+            raise ValueError(f"row {row} of {len(self.done)} states")
+        bad = _advance_row(self.language.table, *self.state, row, tokens, self.canonical)
+        self._observe()
+        if bad >= 0:
+            raise ValueError(f"row {row}: prefix token {bad} ({tokens[bad]}) is not valid there")
+
+    def keep(self, rows) -> None:
+        """Keep only states `rows`, in that order (the others are dropped)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self.state = ScanState(*(np.ascontiguousarray(a[rows]) for a in self.state))
+        self.bp, self.i1, self.i2, self.masks = (a[rows] for a in (self.bp, self.i1, self.i2, self.masks))
+        self.done = self.done[rows]
 
 
 def scan_to_matrix(scan_values: np.ndarray, language: Language) -> np.ndarray:

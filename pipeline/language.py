@@ -150,6 +150,23 @@ class PixelScan:
         self.position = np.where(self.done, self.position, self.position + 1)
         self._observe()
 
+    def restart(self, rows, initial_exponents) -> None:
+        self.position[np.asarray(rows, dtype=np.int64)] = 0
+        self._observe()
+
+    def advance(self, row: int, tokens) -> None:
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if self.position[row] + len(tokens) > self.language.length or (
+                len(tokens) and (tokens.min() < 0 or tokens.max() >= self.language.vocab_size)):
+            raise ValueError(f"row {row}: the prefix does not fit the {self.language.length} pixel levels")
+        self.position[row] += len(tokens)
+        self._observe()
+
+    def keep(self, rows) -> None:
+        self.position = self.position[np.asarray(rows, dtype=np.int64)]
+        self.bp = np.zeros(len(self.position), np.int64)
+        self._observe()
+
 
 @dataclass(frozen=True)
 class PixelLanguage:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,7 +45,8 @@ class WaveletGPTConfig(GPT2Config):
 
     def __init__(self, position: str = "wavelet", condition: str = "class", n_classes: int = 10,
                  language: dict | None = None, token_vocab: int = 8, size: int = 32, max_planes: int = 8,
-                 e0_min: int = 0, e0_max: int = 3, initial_exponent_counts: dict | None = None, **kwargs):
+                 e0_min: int = 0, e0_max: int = 3, initial_exponent_counts: dict | None = None,
+                 longest_sequence: int = 2048, **kwargs):
         kwargs.setdefault("vocab_size", token_vocab + 1)  # + the start token
         kwargs.setdefault("bos_token_id", token_vocab)
         kwargs.setdefault("eos_token_id", None)
@@ -64,6 +66,7 @@ class WaveletGPTConfig(GPT2Config):
         self.e0_max = e0_max
         # {class: {e0: count}} from the training split; the sampler draws each sample's e0 from it.
         self.initial_exponent_counts = initial_exponent_counts or {}
+        self.longest_sequence = longest_sequence  # of the training data: the sampler sizes its cache by it
 
     @classmethod
     def for_language(cls, language, **kwargs) -> "WaveletGPTConfig":
@@ -116,13 +119,13 @@ class WaveletGPT(GPT2PreTrainedModel):
             per_sequence = per_sequence + self.label(labels)
         return x + per_sequence[:, None, :]
 
-    def embed_positions(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Add GPT-2's absolute position embedding for `sequence` / `both`."""
+    def embed_positions(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Add GPT-2's absolute position embedding for `sequence` / `both`; index: (B or 1, T)
+        sequence positions of x's tokens."""
         if self.config.position == "wavelet":
             return x
         # Past the table (a sample longer than any training sequence) the last row repeats.
-        index = torch.arange(start, start + x.shape[1], device=x.device).clamp_(max=self.config.n_positions - 1)
-        return x + self.transformer.wpe(index)[None]
+        return x + self.transformer.wpe(index.clamp(max=self.config.n_positions - 1))
 
     @property
     def language(self):
@@ -143,7 +146,8 @@ class WaveletGPT(GPT2PreTrainedModel):
 
     def forward(self, prev_tokens, bp, i1, i2, e0, labels):
         """Logits (B, T, token_vocab) for the tokens at the given positions (causal)."""
-        x = self.transformer.drop(self.embed_positions(self.embed(prev_tokens, bp, i1, i2, e0, labels), 0))
+        index = torch.arange(prev_tokens.shape[1], device=prev_tokens.device)[None]
+        x = self.transformer.drop(self.embed_positions(self.embed(prev_tokens, bp, i1, i2, e0, labels), index))
         dropout = self.config.attn_pdrop if self.training else 0.0
         for block in self.transformer.h:
             q, k, v = _heads(block, x, self.config.n_head)
@@ -193,39 +197,82 @@ def bits(nats: float) -> float:
 class Decoder:
     """Token-by-token forward pass with a preallocated KV cache: the sampler's inner loop.
 
-    It runs the model's own modules (embeddings, LayerNorms, projections, MLPs); only attention is
-    written out, reading keys and values from one growing buffer per layer instead of
-    concatenating a cache every step.
+    Every row has its own cached length, so rows can be at different points of their sequences:
+    a finished row can restart on a new sequence (`restart`), rows can be dropped (`keep`), and
+    new rows can start from prefixes filled in one forward pass (`prefill`). A step attends over
+    the longest row's cache with a mask for the others. It runs the model's own modules
+    (embeddings, LayerNorms, projections, MLPs) in the model's dtype; only attention is written
+    out, reading one buffer per layer instead of concatenating a cache every step.
     """
 
-    def __init__(self, model: WaveletGPT, batch: int, capacity: int = 2048, dtype: torch.dtype | None = None):
+    def __init__(self, model: WaveletGPT, batch: int, capacity: int = 2048):
         config = model.config
         self.model = model
         parameter = next(model.parameters())
-        self.dtype = dtype or parameter.dtype
+        self.dtype, self.device = parameter.dtype, parameter.device
         self.heads, self.head_dim = config.n_head, config.n_embd // config.n_head
         shape = (config.n_layer, batch, self.heads, capacity, self.head_dim)
-        self.keys = torch.zeros(shape, dtype=self.dtype, device=parameter.device)
+        self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.values = torch.zeros_like(self.keys)
-        self.length = 0
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self.host_lengths = np.zeros(batch, dtype=np.int64)  # the same, without a device sync
 
-    def _grow(self) -> None:
-        self.keys = torch.cat([self.keys, torch.zeros_like(self.keys)], dim=3)
-        self.values = torch.cat([self.values, torch.zeros_like(self.values)], dim=3)
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
+
+    def _fit(self, length: int) -> None:
+        """Grow the cache (by doubling) to hold `length` positions: a sample longer than any
+        training sequence, which the capacity was sized for."""
+        while self.capacity < length:
+            self.keys = torch.cat([self.keys, torch.zeros_like(self.keys)], dim=3)
+            self.values = torch.cat([self.values, torch.zeros_like(self.values)], dim=3)
 
     @torch.no_grad()
     def step(self, prev, bp, i1, i2, e0, labels) -> torch.Tensor:
         """(B,) previous tokens and next positions, (B,) e0 and labels -> logits (B, token_vocab)."""
-        m, t = self.model, self.length
-        if t == self.keys.shape[3]:
-            self._grow()
-        x = m.embed_positions(m.embed(prev[:, None], bp[:, None], i1[:, None], i2[:, None], e0, labels), t)
+        m, position = self.model, self.lengths
+        width = int(self.host_lengths.max()) + 1
+        self._fit(width)
+        rows = torch.arange(len(position), device=self.device)
+        x = m.embed_positions(m.embed(prev[:, None], bp[:, None], i1[:, None], i2[:, None], e0, labels),
+                              position[:, None])
+        mask = (torch.arange(width, device=self.device)[None] <= position[:, None])[:, None, None]
         for layer, block in enumerate(m.transformer.h):
             q, k, v = _heads(block, x, self.heads)
-            self.keys[layer, :, :, t] = k[:, :, 0]
-            self.values[layer, :, :, t] = v[:, :, 0]
-            keys, values = self.keys[layer, :, :, :t + 1], self.values[layer, :, :, :t + 1]
-            x = x + _merge_heads(block, F.scaled_dot_product_attention(q.to(self.dtype), keys, values))
+            self.keys[layer, rows, :, position] = k[:, :, 0]
+            self.values[layer, rows, :, position] = v[:, :, 0]
+            attended = F.scaled_dot_product_attention(q, self.keys[layer, :, :, :width],
+                                                      self.values[layer, :, :, :width], attn_mask=mask)
+            x = x + _merge_heads(block, attended)
             x = x + block.mlp(block.ln_2(x))
-        self.length += 1
+        self.lengths += 1
+        self.host_lengths += 1
         return m.head(m.transformer.ln_f(x))[:, 0]
+
+    @torch.no_grad()
+    def prefill(self, rows: torch.Tensor, prev, bp, i1, i2, e0, labels, lengths: np.ndarray) -> None:
+        """Rows `rows` start from prefixes: (n, T) inputs padded at the end, `lengths` (n,) the
+        true lengths. One causal forward pass fills their cache."""
+        m, width = self.model, prev.shape[1]
+        self._fit(width)
+        x = m.embed_positions(m.embed(prev, bp, i1, i2, e0, labels), torch.arange(width, device=self.device)[None])
+        for layer, block in enumerate(m.transformer.h):
+            q, k, v = _heads(block, x, self.heads)
+            self.keys[layer, rows, :, :width] = k
+            self.values[layer, rows, :, :width] = v
+            x = x + _merge_heads(block, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+            x = x + block.mlp(block.ln_2(x))
+        self.lengths[rows] = torch.as_tensor(lengths, device=self.device)
+        self.host_lengths[rows.cpu().numpy()] = lengths
+
+    def restart(self, rows: np.ndarray) -> None:
+        """Rows `rows` start new sequences (their old cache is masked out, then overwritten)."""
+        self.lengths[torch.as_tensor(rows, device=self.device)] = 0
+        self.host_lengths[rows] = 0
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only rows `rows`, in that order."""
+        index = torch.as_tensor(rows, device=self.device)
+        self.keys, self.values = self.keys[:, index], self.values[:, index]
+        self.lengths, self.host_lengths = self.lengths[index], self.host_lengths[rows]

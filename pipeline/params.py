@@ -276,6 +276,20 @@ class TuneParams(_Group):
 
 
 @dataclass(frozen=True)
+class CompleteParams(_Group):
+    prefix_planes: list
+    images: int
+    completions: int
+    seed: int
+
+    def validate(self, g: str) -> None:
+        _check_list(f"{g}.prefix_planes", self.prefix_planes, lambda k, v: _check_int(k, v, lo=1))
+        _check_int(f"{g}.images", self.images, lo=1)
+        _check_int(f"{g}.completions", self.completions, lo=1)
+        _check_int(f"{g}.seed", self.seed, lo=0)
+
+
+@dataclass(frozen=True)
 class TrainClassifierParams(_Group):
     epochs: int
     batch_size: int
@@ -322,6 +336,7 @@ GROUPS = {
     "train": TrainParams,
     "sample": SampleParams,
     "tune": TuneParams,
+    "complete": CompleteParams,
     "train_classifier": TrainClassifierParams,
     "eval": EvalParams,
 }

@@ -25,7 +25,7 @@ from transformers.generation.logits_process import (ClassifierFreeGuidanceLogits
 from . import figures
 from .coder import Encoded
 from .devices import Distributed, resolve_device
-from .formats import concatenate, write_samples
+from .formats import DIFFUSION_MARKER, concatenate, write_samples
 from .io import atomic_dir, write_json
 from .model import Decoder, WaveletGPT, masked_logits
 from .params import Params
@@ -73,62 +73,204 @@ def draw_initial_exponents(model: WaveletGPT, labels: np.ndarray, rng: np.random
     return e0
 
 
-def choose(logits: torch.Tensor, valid: torch.Tensor, d: Decoding, generator: torch.Generator) -> torch.Tensor:
-    """Next token ids (B,) from logits (B, V), only ever among the valid ids."""
+def uniforms(seed: int, sequence_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """A counter-based random number in [0, 1) for each (seed, sequence, position) (splitmix64):
+    every sequence draws from its own stream, whatever batch, slot or process samples it."""
+    with np.errstate(over="ignore"):
+        z = (np.full(len(sequence_ids), seed, np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             + np.asarray(sequence_ids).astype(np.uint64) * np.uint64(0xD1B54A32D192ED03)
+             + np.asarray(positions).astype(np.uint64) * np.uint64(0x8CB92BA72F3D8DD7))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def choose(logits: torch.Tensor, valid: torch.Tensor, d: Decoding, draws: torch.Tensor) -> torch.Tensor:
+    """Next token ids (B,) from logits (B, V), only ever among the valid ids; `draws` (B,) in
+    [0, 1) pick from each row's distribution (inverse CDF)."""
     logits = masked_logits(logits.float(), valid)
     if d.temperature == 0:
         return logits.argmax(dim=-1)
-    probs = d.warpers()(None, logits).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    probs = d.warpers()(None, logits).softmax(dim=-1).double()
+    cumulative = probs.cumsum(dim=-1)
+    target = draws.double()[:, None] * cumulative[:, -1:]
+    # The first id whose cumulative mass exceeds the draw (an id of zero mass never does); a draw
+    # that rounding puts at the very top takes the last id with mass.
+    chosen = torch.searchsorted(cumulative, target, right=True).squeeze(-1)
+    ids = torch.arange(probs.shape[-1], device=probs.device)
+    last = torch.where(probs > 0, ids, -1).amax(dim=-1)
+    return torch.minimum(chosen, last)
+
+
+@dataclass
+class SamplingStats:
+    """What a sampling run computed against what it kept (a guided pair of rows counts once)."""
+
+    rows_computed: int = 0  # decoder rows, summed over steps
+    tokens_kept: int = 0  # tokens the samples keep (generated, not prefilled)
+    steps: int = 0
+    cache_read: int = 0  # cached positions attended, summed over rows and steps (dense, masked)
+    cache_needed: int = 0  # the positions each kept token's own prefix holds: what a ragged kernel reads
+
+    @property
+    def traffic_ratio(self) -> float:
+        return self.rows_computed / max(1, self.tokens_kept)
+
+    @property
+    def cache_ratio(self) -> float:
+        return self.cache_read / max(1, self.cache_needed)
+
+
+def cache_capacity(model: WaveletGPT) -> int:
+    """The KV cache a sample needs: the longest training sequence, rounded up to 64 (the
+    decoder grows it for a longer sample)."""
+    return 64 * max(1, -(-int(model.config.longest_sequence) // 64))
+
+
+class _Host:
+    """Host arrays for the device, copied in one (pinned, non-blocking on CUDA) transfer."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.pin = device, device.type == "cuda"
+
+    def __call__(self, *arrays: np.ndarray) -> list[torch.Tensor]:
+        packed = torch.from_numpy(np.stack([np.asarray(a, np.int64) for a in arrays]))
+        if self.pin:
+            packed = packed.pin_memory()
+        return list(packed.to(self.device, non_blocking=self.pin))
 
 
 @torch.no_grad()
-def generate(model: WaveletGPT, labels: np.ndarray, e0: np.ndarray, d: Decoding,
-             generator: torch.Generator, autocast=None, max_steps: int | None = None) -> Encoded:
-    """Sample one sequence per (label, e0); returns them flat (positions included).
+def generate(model: WaveletGPT, labels: np.ndarray, e0: np.ndarray, d: Decoding, seed: int = 0,
+             sequence_ids: np.ndarray | None = None, slots: int = 256, prefixes: Encoded | None = None,
+             stats: SamplingStats | None = None, progress: str = "") -> Encoded:
+    """Sample one sequence per (label, e0), flat in input order (positions included).
 
-    max_steps cuts every sequence short (prefixes, for timing the loop)."""
-    device = next(model.parameters()).device
-    scan = model.language.scan(e0)
+    Continuous batching: `slots` rows decode together; when a row's sequence ends the next
+    pending sequence takes its slot (with its own cache length and positions), and once nothing
+    is pending the finished rows are dropped, so the work follows the tokens kept rather than
+    the longest sequence of a batch. Sequence j draws from its own random stream
+    (seed, sequence_ids[j]): the result does not depend on `slots` or on the order of rows.
+    With `prefixes`, sequence j starts from prefix j (its first tokens, in one forward pass) and
+    the model writes the rest.
+    """
     n = len(labels)
-    guided = d.cfg_scale != 1.0 and model.config.condition == "class"
+    ids = np.arange(n) if sequence_ids is None else np.asarray(sequence_ids)
+    stats = stats if stats is not None else SamplingStats()
+    if n == 0:
+        return _collect([], np.zeros(0, np.int64), np.zeros(0, np.int64))
+    device = next(model.parameters()).device
+    to_device = _Host(device)
+    config, language = model.config, model.language
+    guided = d.cfg_scale != 1.0 and config.condition == "class"
     guidance = ClassifierFreeGuidanceLogitsProcessor(d.cfg_scale) if guided else None
-    label_t = torch.as_tensor(labels, device=device)
-    if guided:  # the unconditional half of the batch sees the null class
-        label_t = torch.cat([label_t, torch.full_like(label_t, model.config.null_class)])
-    e0_t = torch.as_tensor(e0, device=device).repeat(2 if guided else 1)
-    prev = torch.full((n,), model.config.start_token, device=device)
-    decoder = Decoder(model, len(label_t), dtype=torch.bfloat16 if device.type == "cuda" else None)
-    autocast = autocast or torch.autocast(device.type, enabled=False)
-    steps: list[tuple[np.ndarray, ...]] = []
-    while not scan.done.all() and len(steps) != max_steps:
-        live = ~scan.done
-        # Finished sequences keep riding along (their tokens are ignored); give them position 0.
-        positions = [torch.as_tensor(np.where(live, a, 0), device=device) for a in (scan.bp, scan.i1, scan.i2)]
-        x = prev
+    width = min(slots, n)
+    slot_seq = np.full(width, -1)
+    scan = language.scan(np.full(width, e0[0] if n else 0))
+    decoder = Decoder(model, 2 * width if guided else width, cache_capacity(model))
+    prev = np.full(width, config.start_token)
+    made = np.zeros(n, dtype=np.int64)  # tokens of each sequence so far, prefix included
+    records: list[tuple[np.ndarray, ...]] = []
+    waiting = [0]  # the next sequence no slot has taken yet
+    finished, reported = 0, 0
+
+    def decoder_rows(rows: np.ndarray) -> np.ndarray:
+        return np.concatenate([rows, rows + len(slot_seq)]) if guided else rows
+
+    def start(free: np.ndarray) -> None:
+        """Give free slots the next pending sequences (prefilled where they have prefixes)."""
+        while len(free):
+            count = min(len(free), n - waiting[0])
+            slot_seq[free[count:]] = -1
+            if not count:
+                return
+            rows, seqs = free[:count], np.arange(waiting[0], waiting[0] + count)
+            waiting[0] += count
+            slot_seq[rows] = seqs
+            scan.restart(rows, e0[seqs])
+            decoder.restart(decoder_rows(rows))
+            prev[rows] = config.start_token
+            if prefixes is not None:
+                _prefill(rows, seqs)
+            free = rows[scan.done[rows]]  # a prefix that is already a whole sequence
+
+    def _prefill(rows: np.ndarray, seqs: np.ndarray) -> None:
+        lengths = prefixes.lengths[seqs]
+        rows, seqs, lengths = rows[lengths > 0], seqs[lengths > 0], lengths[lengths > 0]
+        if not len(rows):
+            return
+        longest = int(lengths.max())
+        inputs = np.zeros((4, len(rows), longest), np.int64)
+        for r, (slot, j) in enumerate(zip(rows, seqs)):
+            part = slice(prefixes.offsets[j], prefixes.offsets[j + 1])
+            tokens = prefixes.tokens[part].astype(np.int64)
+            scan.advance(slot, tokens)
+            records.append((np.full(len(tokens), j), np.arange(len(tokens)), tokens, prefixes.bp[part],
+                            prefixes.i1[part], prefixes.i2[part]))
+            inputs[0, r, 0], inputs[0, r, 1:len(tokens)] = config.start_token, tokens[:-1]
+            inputs[1:, r, :len(tokens)] = prefixes.bp[part], prefixes.i1[part], prefixes.i2[part]
+            prev[slot] = tokens[-1]
+        made[seqs] = lengths
+        prev_t, bp_t, i1_t, i2_t = (torch.as_tensor(a, device=device) for a in inputs)
+        e0_t, label_t = to_device(e0[seqs], labels[seqs])
         if guided:
-            x, positions = x.repeat(2), [a.repeat(2) for a in positions]
-        with autocast:
-            logits = decoder.step(x, *positions, e0_t, label_t).float()
+            prev_t, bp_t, i1_t, i2_t, e0_t = (torch.cat([a, a]) for a in (prev_t, bp_t, i1_t, i2_t, e0_t))
+            label_t = torch.cat([label_t, torch.full_like(label_t, config.null_class)])
+        decoder.prefill(torch.as_tensor(decoder_rows(rows), device=device), prev_t, bp_t, i1_t, i2_t, e0_t,
+                        label_t, np.tile(lengths, 2 if guided else 1))
+
+    start(np.arange(width))
+    while (slot_seq >= 0).any():
+        live = slot_seq >= 0
+        if waiting[0] == n and (~live).sum() * 8 >= len(live):  # nothing pending: drop the finished rows
+            keep = np.flatnonzero(live)
+            rows = decoder_rows(keep)
+            scan.keep(keep)
+            decoder.keep(rows)
+            slot_seq, prev = slot_seq[keep], prev[keep]
+            live = live[keep]
+        seq = np.where(live, slot_seq, 0)
+        bp, i1, i2 = (np.where(live, a, 0) for a in (scan.bp, scan.i1, scan.i2))
+        e0_slots = np.where(live, e0[seq], config.e0_min)
+        prev_t, bp_t, i1_t, i2_t, e0_t, label_t = to_device(prev, bp, i1, i2, e0_slots, labels[seq])
         if guided:
-            logits = guidance(prev[:, None], logits)
+            prev_t, bp_t, i1_t, i2_t, e0_t = (torch.cat([a, a]) for a in (prev_t, bp_t, i1_t, i2_t, e0_t))
+            label_t = torch.cat([label_t, torch.full_like(label_t, config.null_class)])
+        stats.cache_read += len(live) * (int(decoder.host_lengths[:len(live)].max()) + 1)
+        logits = decoder.step(prev_t, bp_t, i1_t, i2_t, e0_t, label_t).float()
+        if guided:
+            logits = guidance(prev_t[:len(live), None], logits)
         valid = torch.as_tensor(scan.valid(), device=device)
-        valid[~torch.as_tensor(live, device=device)] = True  # anything for finished sequences
-        token = choose(logits, valid, d, generator)
-        token_np = token.cpu().numpy()
-        steps.append((live, token_np, scan.bp.copy(), scan.i1.copy(), scan.i2.copy()))
-        scan.step(np.where(live, token_np, 0))
+        valid[torch.as_tensor(~live, device=device)] = True  # anything for an empty slot
+        draws = torch.as_tensor(uniforms(seed, ids[seq], made[seq]), device=device)
+        token = choose(logits, valid, d, draws).cpu().numpy()
+        rows = np.flatnonzero(live)
+        records.append((slot_seq[rows], made[slot_seq[rows]], token[rows], bp[rows], i1[rows], i2[rows]))
+        stats.rows_computed += len(live)
+        stats.tokens_kept += len(rows)
+        stats.cache_needed += int((made[slot_seq[rows]] + 1).sum())
+        stats.steps += 1
+        made[slot_seq[rows]] += 1
+        scan.step(np.where(live, token, 0))
         prev = token
-    return _collect(steps, e0)
+        done = rows[scan.done[rows]]
+        if len(done):
+            finished += len(done)
+            start(done)
+            if progress and finished * 10 >= (reported + 1) * n:
+                reported = finished * 10 // n
+                log(f"{progress}: {finished}/{n} sequences")
+    return _collect(records, made, e0)
 
 
-def _collect(steps, e0: np.ndarray) -> Encoded:
-    """Per-step arrays (live, token, bp, i1, i2 for the whole batch) -> flat sequences."""
-    live = np.stack([s[0] for s in steps], axis=1)  # (B, T)
-    columns = [np.stack([s[c] for s in steps], axis=1)[live].astype(np.uint8) for c in range(1, 5)]
-    lengths = live.sum(axis=1)
+def _collect(records, lengths: np.ndarray, e0: np.ndarray) -> Encoded:
+    """Per-step records (sequence, position, token, bp, i1, i2) -> flat sequences in sequence order."""
+    columns = [np.concatenate([r[c] for r in records]) if records else np.zeros(0, np.int64) for c in range(6)]
+    order = np.lexsort((columns[1], columns[0]))
+    tokens, bp, i1, i2 = (columns[c][order].astype(np.uint8) for c in range(2, 6))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return Encoded(*columns, offsets, e0.astype(np.int8))
+    return Encoded(tokens, bp, i1, i2, offsets, np.asarray(e0).astype(np.int8))
 
 
 def _in_row_order(parts: list[tuple[np.ndarray, Encoded]]) -> Encoded:
@@ -186,28 +328,25 @@ class TransformerSampler:
         self.conditional = model.config.condition == "class"
 
     def generate(self, labels: np.ndarray, rows: np.ndarray, decoding: Decoding, seed: int, batch_size: int,
-                 generator: torch.Generator, progress: str = "") -> list[tuple[np.ndarray, Encoded]]:
-        """Sequences for labels[rows], batch by batch. Each row's e0 is drawn from (seed, all labels),
-        so it does not depend on which rows a process samples."""
-        device = next(self.model.parameters()).device
+                 progress: str = "", stats: SamplingStats | None = None) -> list[tuple[np.ndarray, Encoded]]:
+        """Sequences for labels[rows], `batch_size` decoding together. Each row's e0 (drawn from
+        seed and all labels) and random stream depend on the row only, not on which rows a
+        process samples or how many at a time."""
         e0 = draw_initial_exponents(self.model, labels, np.random.default_rng(seed))
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
-        parts = []
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            parts.append((chunk, generate(self.model, labels[chunk], e0[chunk], decoding, generator, autocast)))
-            if progress:
-                log(f"{progress}: {min(start + batch_size, len(rows))}/{len(rows)} sequences")
-        return parts
+        encoded = generate(self.model, labels[rows], e0[rows], decoding, seed, sequence_ids=rows, slots=batch_size,
+                           stats=stats, progress=progress)
+        return [(rows, encoded)]
 
 
 def load_sampler(model_dir: str | Path, device: torch.device):
     """The sampler for what the train stage saved in model_dir (a transformer or a diffusion model)."""
-    from .diffusion import MARKER, DiffusionSampler
+    if Path(model_dir, DIFFUSION_MARKER).is_file():
+        from .diffusion import DiffusionSampler  # diffusers is imported only for a diffusion model
 
-    if Path(model_dir, MARKER).is_file():
         return DiffusionSampler(Path(model_dir), device)
-    return TransformerSampler(WaveletGPT.load(model_dir).to(device).eval())
+    model = WaveletGPT.load(model_dir).to(device).eval()
+    # On CUDA the decoder runs in bf16 throughout (weights cast once, no per-step autocast).
+    return TransformerSampler(model.to(torch.bfloat16) if device.type == "cuda" else model)
 
 
 def decoding_of(settings) -> Decoding:
@@ -215,15 +354,13 @@ def decoding_of(settings) -> Decoding:
 
 
 def sample_rows(sampler, labels: np.ndarray, decoding: Decoding, seed: int, batch_size: int,
-                device: torch.device, dist: Distributed | None = None, progress: str = "") -> Encoded | None:
+                dist: Distributed | None = None, progress: str = "", stats: SamplingStats | None = None) -> Encoded | None:
     """Samples for all labels (each process its share under torchrun); the gathered sequences in
     label order on the main process, None on the others."""
     dist = dist or Distributed()
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed * 1_000_003 + dist.rank)
     mine = np.arange(dist.rank, len(labels), dist.world)
-    parts = sampler.generate(labels, mine, decoding, seed, batch_size, generator,
-                             progress + (f" on rank {dist.rank}" if dist.world > 1 else ""))
+    parts = sampler.generate(labels, mine, decoding, seed, batch_size,
+                             progress + (f" on rank {dist.rank}" if dist.world > 1 and progress else ""), stats)
     if dist.world > 1:
         gathered = [None] * dist.world if dist.is_main else None
         torch.distributed.gather_object(parts, gathered, dst=0)
@@ -243,7 +380,8 @@ def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/mode
     labels = np.repeat(np.array(classes, dtype=np.int64), settings.per_class)
     decoding = decoding_of(settings)
     clock = time.perf_counter()
-    encoded = sample_rows(sampler, labels, decoding, settings.seed, settings.batch_size, device, dist, "sample")
+    stats = SamplingStats()
+    encoded = sample_rows(sampler, labels, decoding, settings.seed, settings.batch_size, dist, "sample", stats)
     seconds = time.perf_counter() - clock
     metrics = None
     if dist.is_main:
@@ -254,7 +392,7 @@ def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/mode
         metrics = {"samples": int(len(labels)), "length_mean": float(encoded.lengths.mean()),
                    "length_max": int(encoded.lengths.max()), "decoding": asdict(decoding),
                    "seconds": seconds, "images_per_s": len(labels) / seconds, "device": device.type,
-                   "processes": dist.world}
+                   "processes": dist.world, "traffic_ratio": stats.traffic_ratio, "cache_ratio": stats.cache_ratio}
         write_json(metrics_path, metrics)
         log(f"wrote {len(labels)} samples to {out}, mean length {encoded.lengths.mean():.1f}, "
             f"{len(labels) / seconds:.1f} images/s")

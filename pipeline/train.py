@@ -54,13 +54,14 @@ class TrainingDiverged(RuntimeError):
 class TokenData:
     """One split's sequences with their grammar masks, assembled into padded batches."""
 
-    def __init__(self, split: formats.TokenSplit, mask_table: np.ndarray, start_token: int):
+    def __init__(self, split: formats.TokenSplit, mask_table: np.ndarray, start_token: int, pad_to: int = 1):
         encoded = split.encoded
         self.tokens, self.bp, self.i1, self.i2 = encoded.tokens, encoded.bp, encoded.i1, encoded.i2
         self.offsets = encoded.offsets
         self.mask_codes = split.mask_codes
         self.mask_table = torch.from_numpy(mask_table)
         self.start_token = start_token
+        self.pad_to = pad_to
         self.lengths = encoded.lengths
         self.e0 = encoded.initial_exponents.astype(np.int64)
         self.labels = split.labels.astype(np.int64)
@@ -69,8 +70,8 @@ class TokenData:
         return len(self.lengths)
 
     def width(self, rows: np.ndarray) -> int:
-        """The padded width of a batch of these sequences."""
-        return int(self.lengths[rows].max())
+        """The padded width of a batch of these sequences: the longest, rounded up to `pad_to`."""
+        return self.pad_to * -(-int(self.lengths[rows].max()) // self.pad_to)
 
     def batch(self, rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
         """Padded tensors for the given sequences: inputs are the previous tokens (the start token
@@ -97,12 +98,15 @@ class TokenData:
         return tensors
 
 
-def load_data(tokens_root: Path) -> tuple[dict, TokenData, TokenData]:
+COMPILED_WIDTH_STEP = 64  # torch.compile sees one width per 64 tokens (and dynamic shapes), not one per step
+
+
+def load_data(tokens_root: Path, pad_to: int = 1) -> tuple[dict, TokenData, TokenData]:
     """meta.json and both splits, checked against the data contract and the language's grammar."""
     meta = formats.read_meta(tokens_root)
     language = from_description(meta["language"])
     splits = [TokenData(formats.read_split(tokens_root, split, meta, with_masks=True), language.mask_table,
-                        language.vocab_size) for split in ("train", "test")]
+                        language.vocab_size, pad_to) for split in ("train", "test")]
     return meta, *splits
 
 
@@ -117,7 +121,8 @@ def model_config(p: Params, meta: dict) -> WaveletGPTConfig:
         n_layer=shape.n_layer, n_embd=shape.n_embd, n_head=shape.n_head, n_positions=n_positions,
         resid_pdrop=shape.dropout, embd_pdrop=shape.dropout, attn_pdrop=shape.dropout,
         position=shape.position, condition=shape.condition, n_classes=meta["n_classes"],
-        initial_exponent_counts=meta["initial_exponent_counts"], attn_implementation="sdpa",
+        initial_exponent_counts=meta["initial_exponent_counts"], longest_sequence=meta["max_length"],
+        attn_implementation="sdpa",
     )
 
 
@@ -233,7 +238,8 @@ class TransformerTask:
 
     def __init__(self, p: Params, tokens_root: Path, device: torch.device, dist: Distributed):
         self.p, self.device, self.dist = p, device, dist
-        meta, self.train_data, self.test_data = load_data(tokens_root)
+        self.compiled = p.train.compile and device.type == "cuda"
+        meta, self.train_data, self.test_data = load_data(tokens_root, COMPILED_WIDTH_STEP if self.compiled else 1)
         self.meta = meta
         self.model = WaveletGPT(model_config(p, meta)).to(device)
         self.batches = LengthBatches(self.train_data.lengths, p.train.batch_size, p.train.seed, dist.world, dist.rank)
@@ -382,7 +388,9 @@ def run(p: Params, device_name: str = "auto", tokens_root: str | Path = "data/to
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
 
-    trained = torch.compile(model) if settings.compile and device.type == "cuda" else model
+    # Compiled (CUDA): dynamic shapes over widths padded to multiples of 64, so it compiles once
+    # rather than once per batch width.
+    trained = torch.compile(model, dynamic=True) if settings.compile and device.type == "cuda" else model
     if dist.world > 1:
         trained = torch.nn.parallel.DistributedDataParallel(
             trained, device_ids=[device.index] if device.type == "cuda" else None)

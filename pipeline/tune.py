@@ -56,7 +56,7 @@ def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/mode
     grid = decoding_grid(sampler, decoding_of(p.sample), settings)
     results = []
     for n, decoding in enumerate(grid, 1):
-        encoded = sample_rows(sampler, labels, decoding, settings.seed, p.sample.batch_size, device)
+        encoded = sample_rows(sampler, labels, decoding, settings.seed, p.sample.batch_size)
         scores, _ = scorer.score(sampler.language.decode(encoded), labels)
         results.append({"decoding": asdict(decoding), "classifier_fid": scores["classifier"]["fid"],
                         "conditional_accuracy": scores["conditional_accuracy"]})
@@ -66,8 +66,7 @@ def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/mode
     best_decoding = Decoding(**best["decoding"])
     log(f"tune: best {_describe(best_decoding, sampler)}; sampling {p.sample.per_class} per class with it")
     full_labels = np.repeat(classes, p.sample.per_class)
-    encoded = sample_rows(sampler, full_labels, best_decoding, p.sample.seed, p.sample.batch_size, device,
-                          progress="tune")
+    encoded = sample_rows(sampler, full_labels, best_decoding, p.sample.seed, p.sample.batch_size, progress="tune")
     with atomic_dir(out) as tmp:
         write_samples(tmp / "samples.parquet", full_labels, encoded, sampler.language.decode(encoded))
     summary = {"grid": results, "best": best, "selected_by": "lowest classifier-FID against the validation half of "

@@ -81,7 +81,7 @@ def test_diffusion_trains_counts_its_flops_and_samples_exact_pixel_sequences(tmp
     sampler = load_sampler(tmp_path / "model", torch.device("cpu"))
     assert not sampler.autoregressive and sampler.conditional
     labels = np.repeat([2, 7], 3)
-    encoded = sample_rows(sampler, labels, Decoding(cfg_scale=2.0, diffusion_steps=4), 0, 4, torch.device("cpu"))
+    encoded = sample_rows(sampler, labels, Decoding(cfg_scale=2.0, diffusion_steps=4), 0, 4)
     assert (encoded.lengths == 784).all()
     images = sampler.language.decode(encoded)
     assert images.shape == (6, 28, 28) and images.dtype == np.uint8

@@ -33,6 +33,7 @@ TINY = {
     "sample": {"classes": [0, 1], "per_class": 5, "batch_size": 10, "diffusion_steps": 4},
     "tune": {"cfg_scales": [1.0, 2.0], "top_ps": [1.0], "diffusion_steps": [2, 4], "per_class": 3,
              "reference_per_class": 5},
+    "complete": {"prefix_planes": [1, 2], "images": 4, "completions": 2},
     "train_classifier": {"epochs": 1},
     "eval": {"num_samples": 10, "reference_images": 10, "kid_subset_size": 5, "batch_size": 10},
     "model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "unet_channels": [8, 16]},
@@ -165,9 +166,12 @@ def test_whole_chain_and_ablations_with_metrics_diff(small_repo, mirror):
     assert metrics["counts"]["classes"] == 2  # sample.classes: [0, 1], and the references follow
     assert "up to date" in dvc(small_repo, "repro", mirror=mirror)
 
-    # One sampling knob reruns sample, tune (whose grid is around the shared settings) and evaluate only.
+    # One sampling knob reruns the stages that sample (tune's grid is around the shared settings,
+    # complete uses them) and evaluate; nothing is trained again.
     out = dvc(small_repo, "exp", "run", "-n", "topk", "-S", "sample.top_k=3", mirror=mirror)
-    assert ran(out) == {"sample", "tune", "evaluate"}, out
+    assert ran(out) == {"sample", "tune", "complete", "evaluate"}, out
+    completion = json.loads((small_repo / "reports/complete.json").read_text())
+    assert set(completion["per_prefix_planes"]) == {"1", "2"}
 
     dvc(small_repo, "exp", "run", "-n", "bior", "-S", "wavelet=bior4.4", mirror=mirror)
     dvc(small_repo, "exp", "run", "-n", "fashion", "-S", "dataset=fashion_mnist", mirror=mirror)
@@ -177,7 +181,7 @@ def test_whole_chain_and_ablations_with_metrics_diff(small_repo, mirror):
     assert "conditional_accuracy" in shown and "bior4.4" in shown and "fashion_mnist" in shown
 
 
-STAGES = ("download", "dwt", "tokenize", "train", "sample", "train_classifier", "tune", "evaluate")
+STAGES = ("download", "dwt", "tokenize", "train", "sample", "train_classifier", "tune", "complete", "evaluate")
 
 
 def ran(out: str) -> set[str]:
@@ -191,7 +195,8 @@ def ran(out: str) -> set[str]:
 def test_the_baselines_run_through_the_same_stages(small_repo, mirror, name, overrides, family):
     baseline(small_repo)
     out = dvc(small_repo, "exp", "run", "-n", name, *[arg for o in overrides for arg in ("-S", o)], mirror=mirror)
-    assert {"tokenize", "train", "sample", "tune", "evaluate"} <= ran(out), out
+    assert {"tokenize", "train", "sample", "tune", "complete", "evaluate"} <= ran(out), out
+    assert "skipped" in json.loads((small_repo / "reports/complete.json").read_text())
     metrics = json.loads((small_repo / "reports/metrics.json").read_text())
     assert metrics["tokenizer"]["language"].startswith("pixels")
     assert metrics["compute"]["train_flops"] > 0 and metrics["generated"]["classifier"]["fid"] > 0

@@ -14,7 +14,7 @@ import torch
 import yaml
 from conftest import REPO, run_stage
 
-from pipeline import evaluate, formats, train_classifier
+from pipeline import formats, metrics, train_classifier
 from pipeline.coder import Encoded
 from pipeline.io import InputError
 from pipeline.language import WaveletLanguage
@@ -185,7 +185,7 @@ def test_garbage_inception_weights_are_named(tmp_path):
     garbage.write_bytes(b"not a checkpoint at all" * 100)
     with pytest.raises(InputError, match="eval.inception_weights=.*inception.pth.*is not FID Inception weights.*"
                                          "set it to null"):
-        evaluate.inception_extractor(str(garbage), cuda=False)
+        metrics.inception_extractor(str(garbage), cuda=False)
 
 
 def test_damaged_classifier_and_samples_are_named(tmp_path):

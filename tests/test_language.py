@@ -80,8 +80,8 @@ def test_untrained_pixel_model_samples_are_valid_and_full_length():
                                                      initial_exponent_counts=counts)).eval()
     labels = np.arange(60) % 10
     e0 = sample_stage.draw_initial_exponents(model, labels, np.random.default_rng(0))
-    encoded = sample_stage.generate(model, labels, e0, sample_stage.Decoding(top_p=0.9, cfg_scale=2.0),
-                                    torch.Generator().manual_seed(0))
+    encoded = sample_stage.generate(model, labels, e0, sample_stage.Decoding(top_p=0.9, cfg_scale=2.0), seed=0,
+                                    slots=16)
     assert (encoded.lengths == 784).all()
     language.mask_codes(encoded)  # every position is the raster scan's
     assert language.decode(encoded).shape == (60, 28, 28)
