@@ -1,6 +1,7 @@
 """Sampling always yields valid, canonical sequences; decoding controls; the stage's outputs."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -162,7 +163,9 @@ def model_dir(tmp_path) -> Path:
 
 def test_stage_writes_samples_and_figures(model_dir):
     p = params.load(model_dir / "params.yaml", sample_stage.PARAMS)
-    sample_stage.run(p, "cpu", model_dir / "data/model", model_dir / "out", model_dir / "fig")
+    sample_stage.run(p, "cpu", model_dir / "data/model", model_dir / "out", model_dir / "fig", model_dir / "s.json")
+    summary = json.loads((model_dir / "s.json").read_text())
+    assert summary["samples"] == 6 and summary["images_per_s"] > 0 and 1 <= summary["traffic_ratio"] < 1.5
     table = pq.read_table(model_dir / "out" / "samples.parquet")
     assert table.schema.field("label").type == pa.int16()
     assert table.schema.field("initial_exponent").type == pa.int8()
@@ -186,7 +189,7 @@ def test_unknown_class_is_refused(model_dir):
     (model_dir / "params.yaml").write_text(yaml.safe_dump(raw))
     p = params.load(model_dir / "params.yaml", sample_stage.PARAMS)
     with pytest.raises(ValueError, match=r"\[12\].*0\.\.9"):
-        sample_stage.run(p, "cpu", model_dir / "data/model", model_dir / "out", model_dir / "fig")
+        sample_stage.run(p, "cpu", model_dir / "data/model", model_dir / "out", model_dir / "fig", model_dir / "s.json")
     assert not (model_dir / "out").exists()
 
 
