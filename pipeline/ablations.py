@@ -59,7 +59,10 @@ def queue(budget: float = typer.Option(BUDGET, help="training FLOPs per row"),
 
 
 def _experiments() -> dict[str, dict]:
-    """name -> {params, metrics} of every experiment DVC knows."""
+    """name -> {params, metrics} of every finished experiment (queued and running ones show their
+    baseline's figures in `dvc exp show`, so only those `dvc exp list` knows are taken)."""
+    finished = set(subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], check=True,
+                                  capture_output=True, text=True).stdout.split())
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True,
                                       text=True).stdout)
     found = {}
@@ -69,7 +72,7 @@ def _experiments() -> dict[str, dict]:
             data = revision.get("data") or {}
             name = experiment.get("name") or revision.get("name")
             metrics = (data.get("metrics") or {}).get("reports/metrics.json", {}).get("data")
-            if name and metrics:
+            if name in finished and metrics:
                 found[name] = {"params": data["params"]["params.yaml"]["data"], "metrics": metrics,
                                "rev": revision.get("rev", "")[:7]}
     return found
