@@ -1,0 +1,34 @@
+"""The ablation table is built from DVC's records of finished experiments."""
+from __future__ import annotations
+
+from pipeline import ablations
+
+
+def _metrics(fid: float, steps: int | None = None) -> dict:
+    scores = {"inception": {"fid": fid}, "classifier": {"fid": 2 * fid}, "conditional_accuracy": 0.9}
+    return {"generated": {**scores, "decoding": {"cfg_scale": 2.0, "top_p": 0.6}},
+            "tuned": {**scores, "decoding": {"cfg_scale": 3.0, "top_p": 0.8, "diffusion_steps": steps or 50}},
+            "real_floor": scores, "tokenizer_floor": scores,
+            "likelihood": {"test_bits_per_image": None if steps else 221.7},
+            "compute": {"train_flops": 4e13, "train_minutes": 10.0, "sample_images_per_s": 5.0},
+            "extractors": {"inception": "some Inception"}}
+
+
+def test_rows_every_column_and_the_figure(tmp_path, monkeypatch):
+    found = {"abl-default": {"metrics": _metrics(200.0)}, "abl-diffusion": {"metrics": _metrics(150.0, steps=25)}}
+    monkeypatch.setattr(ablations, "_experiments", lambda: found)
+    ablations.table(tmp_path / "t.md", tmp_path / "t.png")
+    text = (tmp_path / "t.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| row |") and len(rows) == 3
+    assert "| default (zero-block, haar, f = -1) | 221.7 | 200.0 | 200.0 | 200.0 | 400.0 |" in rows[1]
+    assert "guidance 3, top-p 0.8" in rows[1] and "guidance 3, 25 steps" in rows[2] and "| n/a |" in rows[2]
+    assert "Not run yet: sequence-positions" in text
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+def test_every_row_pins_the_table_language_and_the_budget():
+    assert ablations.overrides("default", 1e13) == ablations.PINNED + ["train.flops=1e+13"]
+    assert "tokenizer.final_exponent=-2" in ablations.overrides("finer-planes", 1e13)
+    assert "tokenizer.final_exponent=-1" not in ablations.overrides("finer-planes", 1e13)
+    assert ablations.overrides("diffusion", 1e13) == ["family=diffusion", "train.flops=1e+13"]
