@@ -11,7 +11,7 @@ import numpy as np
 
 from . import wavelets
 from .idx import N_CLASSES, SPLITS, load_split
-from .io import InputError, atomic_dir, load_npy, write_json
+from .io import InputError, atomic_dir, load_labels, load_npy, write_json
 from .progress import log, track
 
 PARAMS = ("dataset", "wavelet", "dwt")
@@ -63,19 +63,12 @@ def load(split: str, root: str | Path = "data/dwt") -> tuple[np.ndarray, np.ndar
     names a file that is not what this stage writes)."""
     root = Path(root)
     coeffs = load_npy(root / f"{split}_coeffs.npy", "dwt", mmap_mode="r")
-    labels = load_npy(root / f"{split}_labels.npy", "dwt")
     size = coeffs.shape[-1] if coeffs.ndim == 3 else 0
     if coeffs.ndim != 3 or coeffs.dtype != np.float64 or coeffs.shape[1] != size or size & (size - 1) \
             or size < 4 or not len(coeffs):
         raise InputError(root / f"{split}_coeffs.npy", f"holds {coeffs.dtype} of shape {coeffs.shape}, not "
                          "(N, M, M) float64 with M a power of two", "dwt")
-    if labels.shape != (len(coeffs),) or not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(root / f"{split}_labels.npy", f"holds {labels.dtype} of shape {labels.shape}, not "
-                         f"({len(coeffs)},) integer labels", "dwt")
-    if labels.min() < 0 or labels.max() >= N_CLASSES:
-        raise InputError(root / f"{split}_labels.npy", f"holds labels {labels.min()}..{labels.max()}, "
-                         f"not 0..{N_CLASSES - 1}", "dwt")
-    return coeffs, labels.astype(np.int16)
+    return coeffs, load_labels(root / f"{split}_labels.npy", len(coeffs), N_CLASSES, "dwt")
 
 
 def main(p, device: str) -> None:

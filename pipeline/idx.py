@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, load_npy
+from .io import InputError, load_labels, load_npy
 
 SPLITS = ("train", "test")
 N_CLASSES = 10  # MNIST and FashionMNIST
@@ -37,14 +37,7 @@ def load_split(dataset: str, split: str, root: str | Path = "data/raw") -> tuple
     stage (checked: InputError names a file that is not)."""
     folder = raw_dir(dataset, root)
     images = load_npy(folder / f"{split}_images.npy", "download")
-    labels = load_npy(folder / f"{split}_labels.npy", "download")
     if images.ndim != 3 or images.dtype != np.uint8 or not len(images):
         raise InputError(folder / f"{split}_images.npy", f"holds {images.dtype} of shape {images.shape}, "
                          "not (N, H, W) uint8 images", "download")
-    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(folder / f"{split}_labels.npy", f"holds {labels.dtype} of shape {labels.shape}, not "
-                         f"({len(images)},) integer labels", "download")
-    if labels.min() < 0 or labels.max() >= N_CLASSES:
-        raise InputError(folder / f"{split}_labels.npy", f"holds labels {labels.min()}..{labels.max()}, "
-                         f"not 0..{N_CLASSES - 1}", "download")
-    return images, labels.astype(np.int16)
+    return images, load_labels(folder / f"{split}_labels.npy", len(images), N_CLASSES, "download")

@@ -72,6 +72,16 @@ def load_npy(path: str | Path, producer: str, mmap_mode: str | None = None) -> n
         raise InputError(path, f"is not a readable .npy array ({type(error).__name__}: {error})", producer) from None
 
 
+def load_labels(path: str | Path, count: int, n_classes: int, producer: str) -> np.ndarray:
+    """`count` class labels in 0..n_classes-1 written by stage `producer`, as int16, or InputError."""
+    labels = load_npy(path, producer)
+    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(path, f"holds {labels.dtype} of shape {labels.shape}, not ({count},) integer labels", producer)
+    if count and (labels.min() < 0 or labels.max() >= n_classes):
+        raise InputError(path, f"holds labels {labels.min()}..{labels.max()}, not 0..{n_classes - 1}", producer)
+    return labels.astype(np.int16)
+
+
 def read_json(path: str | Path, producer: str) -> dict:
     """A JSON object written by stage `producer`, or InputError."""
     try:
