@@ -86,14 +86,14 @@ def test_exp_run_overrides(small_repo, mirror):
 def test_tokenize_and_its_ablations(small_repo, mirror):
     dvc(small_repo, "repro", "tokenize", mirror=mirror)
     metrics = json.loads((small_repo / "reports/tokenize.json").read_text())
-    assert metrics["method"] == "zeroblock" and metrics["train"]["length_max"] > 0
+    assert metrics["method"] == "zerotree" and metrics["train"]["length_max"] > 0
     assert (small_repo / "data/tokens/train/part-00000.parquet").is_file()
-    out = dvc(small_repo, "exp", "run", "-S", "tokenizer.method=zerotree", "tokenize", mirror=mirror)
+    out = dvc(small_repo, "exp", "run", "-S", "tokenizer.method=zeroblock", "tokenize", mirror=mirror)
     assert "Running stage 'tokenize'" in out and "Running stage 'dwt'" not in out
     out = dvc(small_repo, "exp", "run", "-S", "tokenizer.final_exponent=-2", "tokenize", mirror=mirror)
     assert "Running stage 'tokenize'" in out
     shown = dvc(small_repo, "exp", "show", "--json", mirror=mirror)
-    assert "zerotree" in shown and '"final_exponent": -2' in shown
+    assert "zeroblock" in shown and '"final_exponent": -2' in shown
 
 
 def test_train_plots_and_position_ablation(small_repo, mirror):
