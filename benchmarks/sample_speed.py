@@ -75,7 +75,8 @@ def main() -> None:
         torch.cuda.synchronize()
     stats = sample.SamplingStats()
     start = time.perf_counter()
-    encoded = sample.generate(model, labels, e0, decoding, seed=0, slots=args.slots, stats=stats)
+    encoded = sample.generate(model, labels, e0, decoding, seed=0, slots=args.slots, stats=stats,
+                              progress="benchmark")
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start

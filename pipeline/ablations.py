@@ -20,6 +20,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import typer
 
 BUDGET = 4.0e13  # training FLOPs per row: about 590 steps of the default model, 5-6 minutes on 2 cores
@@ -125,31 +126,39 @@ def table(out: Path = typer.Option(Path("reports/ablations.md")),
 
 
 def _figure(rows, path: Path) -> None:
-    """Quality against training compute, one point per row (shared and tuned decoding)."""
+    """Quality per row at the table's compute: a bar at the shared decoding, a cross at the row's
+    tuned one, a bar mark at its tokenizer ceiling and a dashed line at real data. (Every row
+    trains on the same FLOPs budget, so a compute axis would put them all on one point.)"""
     from . import figures
 
     plt = figures.plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    labels = [f"{ROWS[row][0]}\n{exp['metrics']['compute']['train_flops']:.2g} FLOPs" for row, exp in rows]
+    y = np.arange(len(rows))[::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.55 * len(rows) + 1.6), sharey=True)
     for ax, (key, label) in zip(axes, (("classifier", "classifier-FID"), ("inception", "FID"))):
-        for row, exp in rows:
-            m = exp["metrics"]
-            flops = m["compute"]["train_flops"]
-            shared, tuned = m["generated"][key]["fid"], m["tuned"][key]["fid"]
-            if shared is None:
-                continue
-            ax.scatter([flops], [shared], marker="o")
-            ax.scatter([flops], [tuned], marker="x", color=ax.collections[-1].get_facecolor())
-            ax.annotate(ROWS[row][0], (flops, min(shared, tuned)), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-        floor = rows[0][1]["metrics"]["real_floor"][key]["fid"]
+        metrics = [exp["metrics"] for _, exp in rows]
+        shared = np.array([m["generated"][key]["fid"] or np.nan for m in metrics], dtype=float)
+        tuned = np.array([m["tuned"][key]["fid"] or np.nan for m in metrics], dtype=float)
+        ceiling = np.array([(m.get("tokenizer_floor") or {}).get(key, {}).get("fid") or np.nan for m in metrics],
+                           dtype=float)
+        ax.barh(y, shared, color="tab:blue", alpha=0.6, label="shared decoding")
+        ax.scatter(tuned, y, marker="x", color="black", zorder=3, label="tuned decoding")
+        ax.scatter(ceiling, y, marker="|", s=300, color="tab:red", zorder=3, label="tokenizer ceiling")
+        floor = metrics[0]["real_floor"][key]["fid"]
         if floor is not None:
-            ax.axhline(floor, color="grey", linestyle="--", linewidth=1, label="real data")
+            ax.axvline(floor, color="grey", linestyle="--", linewidth=1, label="real data")
         ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("training FLOPs (FlopCounterMode)")
-        ax.set_ylabel(f"{label} (o shared decoding, x tuned)")
-        ax.legend(fontsize=7)
-    fig.suptitle("Ablations: quality against training compute (lower is better)", fontsize=10)
+        ticks = [t for t in (10, 20, 50, 100, 200, 500, 1000, 2000) if t <= np.nanmax([shared, tuned]) * 1.5]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set_xlim(left=0.8 * np.nanmin(np.concatenate([shared, tuned, ceiling, [floor or np.inf]])))
+        ax.set_xlabel(f"{label} (lower is better)")
+        ax.set_yticks(y, labels, fontsize=8)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8)
+    fig.suptitle("Ablations at equal training compute: quality per row against its tokenizer ceiling and real data",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     figures.save(fig, path)
 
 
