@@ -108,7 +108,7 @@ def table(out: Path = typer.Option(Path("reports/ablations.md")),
         setting = (f"guidance {tuned['cfg_scale']:g}, " + (f"top-p {tuned['top_p']:g}" if row != "diffusion"
                    else f"{tuned['diffusion_steps']} steps"))
         lines.append("| " + " | ".join([
-            ROWS[row][0], _fmt(m["likelihood"]["test_bits_per_image"]), _fmt(m["tokenizer_floor"]["inception"]["fid"]),
+            ROWS[row][0], _fmt(m["likelihood"].get("test_bits_per_image")), _fmt(m["tokenizer_floor"]["inception"]["fid"]),
             _fmt(m["generated"]["inception"]["fid"]), _fmt(m["tuned"]["inception"]["fid"]),
             _fmt(m["generated"]["classifier"]["fid"]), _fmt(m["tuned"]["classifier"]["fid"]),
             _fmt(m["generated"]["conditional_accuracy"], 3), _fmt(m["tuned"]["conditional_accuracy"], 3), setting,
