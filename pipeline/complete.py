@@ -99,8 +99,10 @@ def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/mode
             "conditional_accuracy": scores["conditional_accuracy"],
             "completed_sequences": int(len(rows)),
         }
-        log(f"complete k={planes}: PSNR prefix {results[str(planes)]['psnr_prefix_db']} dB, completions "
-            f"{results[str(planes)]['psnr_completion_db']} dB, classifier-FID {scores['classifier']['fid']:.1f}")
+        db = {key: "identical" if value is None else f"{value:.2f} dB"
+              for key, value in results[str(planes)].items() if key.startswith("psnr")}
+        log(f"complete k={planes}: PSNR prefix {db['psnr_prefix_db']}, completions {db['psnr_completion_db']}, "
+            f"classifier-FID {scores['classifier']['fid']:.1f}")
         shown.append((planes, prefix_images[:SHOWN], images.reshape(len(chosen), repeat, *images.shape[1:])[:SHOWN]))
     summary = {"per_prefix_planes": results, "images": int(len(chosen)), "completions_per_image": repeat,
                "decoding": asdict(decoding), "extractor": scorer.inception_name}
