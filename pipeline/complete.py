@@ -55,7 +55,7 @@ def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/mode
     settings = p.complete
     device = resolve_device(device_name, p.profile)
     sampler = load_sampler(model_dir, device)
-    if not sampler.autoregressive or sampler.language.family != "wavelet":
+    if not sampler.autoregressive or not sampler.language.bit_planes:
         summary = {"skipped": f"{sampler.language.name}: no bit-planes to keep (wavelet languages only)"}
         write_json(metrics_path, summary)
         figures_dir = Path(figures_dir)

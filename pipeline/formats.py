@@ -20,19 +20,32 @@ import pyarrow.parquet as pq
 
 from .coder import Encoded
 from .io import InputError, read_json, require_keys
+from .bpe import MAX_VOCAB
 from .language import from_description
 
 SEQUENCE_COLUMNS = ("tokens", "bp", "i1", "i2")
-SHARD_SCHEMA = pa.schema([
-    ("index", pa.int32()),
-    ("label", pa.int16()),
-    ("initial_exponent", pa.int8()),
-    *[(name, pa.list_(pa.uint8())) for name in SEQUENCE_COLUMNS],
-])
-SAMPLES_SCHEMA = pa.schema([
-    ("label", pa.int16()), ("initial_exponent", pa.int8()),
-    ("tokens", pa.list_(pa.uint8())), ("image", pa.list_(pa.uint8())),
-])
+
+
+def token_type(vocab_size: int) -> pa.DataType:
+    """The contract's uint8 ids; a BPE vocabulary of more than 256 ids needs uint16."""
+    return pa.uint8() if vocab_size <= 256 else pa.uint16()
+
+
+def shard_schema(vocab_size: int) -> pa.Schema:
+    return pa.schema([
+        ("index", pa.int32()),
+        ("label", pa.int16()),
+        ("initial_exponent", pa.int8()),
+        ("tokens", pa.list_(token_type(vocab_size))),
+        *[(name, pa.list_(pa.uint8())) for name in SEQUENCE_COLUMNS[1:]],
+    ])
+
+
+def samples_schema(vocab_size: int) -> pa.Schema:
+    return pa.schema([
+        ("label", pa.int16()), ("initial_exponent", pa.int8()),
+        ("tokens", pa.list_(token_type(vocab_size))), ("image", pa.list_(pa.uint8())),
+    ])
 DIFFUSION_MARKER = "diffusion.json"  # in data/model beside a diffusion model's config: what its sampler needs
 META_KEYS = ("dataset", "language", "vocab_size", "n_classes", "max_length", "splits",
              "initial_exponent_counts")
@@ -45,7 +58,6 @@ class TokenSplit:
     encoded: Encoded
     index: np.ndarray  # int32 row in the source split
     labels: np.ndarray  # int16
-    mask_codes: np.ndarray | None = None  # per token, the language's code of its valid ids
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,19 +65,21 @@ class TokenSplit:
 
 # ----- token shards -----
 
-def _list_column(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=pa.uint8()))
+def _list_column(values: np.ndarray, offsets: np.ndarray, value_type: pa.DataType = pa.uint8()) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=value_type))
 
 
-def write_shard(path: Path, encoded: Encoded, index: np.ndarray, labels: np.ndarray) -> None:
+def write_shard(path: Path, encoded: Encoded, index: np.ndarray, labels: np.ndarray, vocab_size: int) -> None:
     """`encoded` holds exactly this shard's sequences."""
     offsets = encoded.offsets - encoded.offsets[0]
+    schema = shard_schema(vocab_size)
     table = pa.Table.from_arrays([
         pa.array(index.astype(np.int32)),
         pa.array(labels.astype(np.int16)),
         pa.array(encoded.initial_exponents.astype(np.int8)),
-        *[_list_column(getattr(encoded, name), offsets) for name in SEQUENCE_COLUMNS],
-    ], schema=SHARD_SCHEMA)
+        *[_list_column(getattr(encoded, name), offsets, schema.field(name).type.value_type)
+          for name in SEQUENCE_COLUMNS],
+    ], schema=schema)
     pq.write_table(table, path, compression="zstd")
 
 
@@ -76,11 +90,13 @@ def shard_paths(root: str | Path, split: str) -> list[Path]:
     return paths
 
 
-def _read_table(path: Path, schema: pa.Schema, producer: str) -> pa.Table:
+def _read_table(path: Path, schema: pa.Schema, producer: str, alternative: pa.Schema | None = None) -> pa.Table:
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as error:
         raise InputError(path, f"is not a readable Parquet file ({error})", producer) from None
+    if alternative is not None and table.schema.equals(alternative, check_metadata=False):
+        return table.combine_chunks()
     if not table.schema.equals(schema, check_metadata=False):
         got = {field.name: str(field.type) for field in table.schema}
         wrong = [f"{field.name} ({got.get(field.name, 'missing')}, expected {field.type})"
@@ -91,17 +107,17 @@ def _read_table(path: Path, schema: pa.Schema, producer: str) -> pa.Table:
 
 
 def _flat(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """A list<uint8> column -> (flat values, offsets from 0)."""
+    """A list<uint8> (or list<uint16>) column -> (flat values, offsets from 0)."""
     column = table.column(name)
     chunk = column.chunk(0) if column.num_chunks else pa.array([], column.type)
     offsets = chunk.offsets.to_numpy().astype(np.int64)
-    values = chunk.flatten().to_numpy(zero_copy_only=False).astype(np.uint8)
+    values = chunk.flatten().to_numpy(zero_copy_only=False).astype(column.type.value_type.to_pandas_dtype())
     return values, offsets - offsets[0]
 
 
-def _check_shard(path: Path, table: pa.Table, language, n_classes: int, with_masks: bool) -> TokenSplit:
-    """One shard's rows against the data contract and the language (ranges; with_masks, the
-    grammar too, whose valid-id codes it keeps)."""
+def _check_shard(path: Path, table: pa.Table, language, n_classes: int, check_grammar: bool) -> TokenSplit:
+    """One shard's rows against the data contract and the language (ranges; with check_grammar,
+    the grammar too)."""
     def bad(problem: str):
         return InputError(path, problem, "tokenize")
 
@@ -129,22 +145,21 @@ def _check_shard(path: Path, table: pa.Table, language, n_classes: int, with_mas
         raise bad(f"row {row}: initial_exponent {e0[row]} is outside {lo}..{hi}, what this language "
                   f"({language.describe()}) allows")
     encoded = Encoded(columns["tokens"], columns["bp"], columns["i1"], columns["i2"], offsets, e0.astype(np.int8))
-    codes = None
-    if with_masks:
+    if check_grammar:
         try:
-            codes = language.mask_codes(encoded)
+            language.check(encoded)
         except ValueError as error:
             raise bad(f"row {str(error).removeprefix('sequence ')}") from None
-    return TokenSplit(encoded, table.column("index").to_numpy().astype(np.int32), labels, codes)
+    return TokenSplit(encoded, table.column("index").to_numpy().astype(np.int32), labels)
 
 
-def read_split(root: str | Path, split: str, meta: dict | None = None, with_masks: bool = False) -> TokenSplit:
+def read_split(root: str | Path, split: str, meta: dict | None = None, check_grammar: bool = False) -> TokenSplit:
     """A split's sequences from its shards, checked against meta.json and the language; with
-    `with_masks`, also against its grammar, keeping the valid-id code of every token."""
+    `check_grammar`, also against its grammar."""
     meta = meta or read_meta(root)
     language = from_description(meta["language"])
-    parts = [_check_shard(path, _read_table(path, SHARD_SCHEMA, "tokenize"), language, meta["n_classes"],
-                          with_masks)
+    parts = [_check_shard(path, _read_table(path, shard_schema(meta["vocab_size"]), "tokenize"), language,
+                          meta["n_classes"], check_grammar)
              for path in shard_paths(root, split)]
     encoded = concatenate([part.encoded for part in parts])
     promised = meta["splits"].get(split, {})
@@ -152,8 +167,7 @@ def read_split(root: str | Path, split: str, meta: dict | None = None, with_mask
         raise InputError(Path(root, split), f"holds {len(encoded)} sequences and {encoded.offsets[-1]} tokens; "
                          f"meta.json promises {promised.get('images')} and {promised.get('tokens')}", "tokenize")
     return TokenSplit(encoded, np.concatenate([part.index for part in parts]),
-                      np.concatenate([part.labels for part in parts]),
-                      np.concatenate([part.mask_codes for part in parts]) if with_masks else None)
+                      np.concatenate([part.labels for part in parts]))
 
 
 def concatenate(parts: list[Encoded]) -> Encoded:
@@ -177,14 +191,14 @@ def read_meta(root: str | Path) -> dict:
 
 # ----- samples -----
 
-def write_samples(path: Path, labels: np.ndarray, encoded: Encoded, images: np.ndarray) -> None:
+def write_samples(path: Path, labels: np.ndarray, encoded: Encoded, images: np.ndarray, vocab_size: int) -> None:
     flat_images = images.reshape(len(images), -1)
     image_offsets = np.arange(len(images) + 1, dtype=np.int32) * flat_images.shape[1]
     table = pa.Table.from_arrays([
         pa.array(labels.astype(np.int16)), pa.array(encoded.initial_exponents.astype(np.int8)),
-        _list_column(encoded.tokens, encoded.offsets - encoded.offsets[0]),
+        _list_column(encoded.tokens, encoded.offsets - encoded.offsets[0], token_type(vocab_size)),
         pa.ListArray.from_arrays(pa.array(image_offsets), pa.array(flat_images.reshape(-1), pa.uint8())),
-    ], schema=SAMPLES_SCHEMA)
+    ], schema=samples_schema(vocab_size))
     pq.write_table(table, path, compression="zstd")
 
 
@@ -192,7 +206,7 @@ def write_samples(path: Path, labels: np.ndarray, encoded: Encoded, images: np.n
 class Samples:
     labels: np.ndarray  # int16
     initial_exponents: np.ndarray  # int8
-    tokens: np.ndarray  # flat uint8 ids
+    tokens: np.ndarray  # flat ids (uint8; uint16 for a BPE vocabulary of more than 256)
     offsets: np.ndarray  # int64, N + 1
     images: np.ndarray  # (N, H, W) uint8
 
@@ -200,7 +214,7 @@ class Samples:
 def read_samples(path: str | Path, height: int = 28, width: int = 28) -> Samples:
     """A samples.parquet, checked: every image has height x width pixels."""
     path = Path(path)
-    table = _read_table(path, SAMPLES_SCHEMA, "sample")
+    table = _read_table(path, samples_schema(256), "sample", alternative=samples_schema(MAX_VOCAB))
     pixels, image_offsets = _flat(table, "image")
     sizes = np.diff(image_offsets)
     if (sizes != height * width).any():

@@ -481,9 +481,10 @@ class BatchScan:
                    int(language.plane0_uncovers))
         self.bp, self.i1, self.i2, self.masks = (np.zeros(len(e0), np.int64) for _ in range(4))
         self.done = np.zeros(len(e0), np.bool_)
-        self._observe()
+        self.observe()
 
-    def _observe(self) -> None:
+    def observe(self) -> None:
+        """Read positions, masks and `done` off the states (after changing them directly)."""
         _observe(self.language.table, self.state.marks, self.state.counters, self.canonical,
                  self.bp, self.i1, self.i2, self.masks, self.done)
 
@@ -496,7 +497,7 @@ class BatchScan:
         if len(tokens) != len(self.done):
             raise ValueError(f"{len(tokens)} tokens for {len(self.done)} sequences")
         bad = _step_all(self.language.table, *self.state, tokens, self.canonical)
-        self._observe()
+        self.observe()
         if bad >= 0:
             raise ValueError(
                 f"sequence {bad}: token {tokens[bad]} is not valid at (bp={self.bp[bad]}, "
@@ -516,7 +517,7 @@ class BatchScan:
             raise ValueError(f"rows {rows.tolist()} and {len(e0)} initial exponents for {len(self.done)} states")
         _reset_rows(*self.state, rows, e0, self.language.method_id, self.language.final_exponent,
                     int(self.language.plane0_uncovers))
-        self._observe()
+        self.observe()
 
     def advance(self, row: int, tokens) -> None:
         """Apply a run of tokens (a prefix) to one state."""
@@ -524,7 +525,7 @@ class BatchScan:
         if not 0 <= row < len(self.done):
             raise ValueError(f"row {row} of {len(self.done)} states")
         bad = _advance_row(self.language.table, *self.state, row, tokens, self.canonical)
-        self._observe()
+        self.observe()
         if bad >= 0:
             raise ValueError(f"row {row}: prefix token {bad} ({tokens[bad]}) is not valid there")
 

@@ -2,15 +2,18 @@
 
 A language says how an image becomes a sequence of ids (encode), how a sequence becomes an image
 again (decode; any prefix decodes), where each token sits (bp, i1, i2), and which ids are valid
-at each step: as codes into a table for training masks (`mask_codes`, `mask_table`) and as a
+at each step: per token of given sequences for training masks (`valid_ids`, `check`) and as a
 batch of scan states for sampling (`scan`). The tokenize, train, sample and evaluate stages use
-only this interface; `describe()` is what meta.json and the model's config record, and
-`from_description` rebuilds the language from it.
+only this interface; `describe()` is what meta.json and the model's config record,
+`from_description` rebuilds the language from it, and `artifacts()` are the files written beside
+the shards and the model for other tools.
 
 Both languages read what the dwt stage writes (DWT coefficient matrices, an exact representation
 of the images) and decode to uint8 images:
 - the wavelet language (the paper's): the scan grammar of `pipeline.grammar` and the coder of
   `pipeline.coder`;
+- the BPE language (paper 3.2.3): the wavelet language with byte-pair merges of its ids
+  (`pipeline.bpe`), so fewer, richer tokens per image;
 - the pixel language (the baseline without wavelets): raster-order intensities quantised to a
   few levels, every id valid everywhere, every sequence height x width long.
 """
@@ -21,7 +24,9 @@ from functools import cached_property
 
 import numpy as np
 
-from . import coder, grammar, wavelets
+import json
+
+from . import bpe, coder, grammar, wavelets
 from .coder import Encoded
 
 WAVELET_METHODS = tuple(grammar.METHODS)
@@ -40,6 +45,7 @@ class WaveletLanguage:
     image_width: int = 28
 
     family = "wavelet"
+    bit_planes = True  # sequences run coarse to fine, plane by plane (completion keeps the first k)
 
     @cached_property
     def grammar(self) -> grammar.Language:
@@ -102,21 +108,28 @@ class WaveletLanguage:
 
     # ----- the grammar, for training and sampling -----
 
-    def mask_codes(self, encoded: Encoded) -> np.ndarray:
-        """Per token, the code of the set of ids valid in front of it (rows of `mask_table`);
-        ValueError names the first sequence that breaks the grammar (ids, canonical form,
+    def check(self, encoded: Encoded) -> None:
+        """ValueError naming the first sequence that breaks the grammar (ids, canonical form,
         positions, completeness)."""
+        self.mask_codes(encoded)
+
+    def valid_ids(self, encoded: Encoded) -> np.ndarray:
+        """(tokens, vocab_size) bool: the ids valid in front of each token (what training masks);
+        checks the sequences like `check`."""
+        return grammar.masks_to_bool(self.mask_codes(encoded))
+
+    def mask_codes(self, encoded: Encoded) -> np.ndarray:
+        """Per token, the grammar's bitmask of the ids valid in front of it."""
         return grammar.sequence_masks(encoded.tokens, encoded.offsets, encoded.initial_exponents, self.grammar,
                                       (encoded.bp, encoded.i1, encoded.i2))
-
-    @cached_property
-    def mask_table(self) -> np.ndarray:
-        """(codes, vocab_size) bool: a code is the grammar's bitmask of valid ids."""
-        return grammar.masks_to_bool(np.arange(1 << grammar.VOCAB_SIZE))
 
     def scan(self, initial_exponents) -> grammar.BatchScan:
         """A batch of scan states at the start of sequences with the given e0."""
         return grammar.BatchScan(self.grammar, initial_exponents)
+
+    def artifacts(self) -> dict[str, str]:
+        """Files (name -> text) that go beside the shards and the model: none."""
+        return {}
 
 
 class PixelScan:
@@ -179,6 +192,7 @@ class PixelLanguage:
     image_width: int = 28
 
     family = "pixels"
+    bit_planes = False
 
     def __post_init__(self):
         if not 2 <= self.levels <= 256:
@@ -268,8 +282,8 @@ class PixelLanguage:
         names = [f"rows < {min(self.image_height, (stage + 1) * quarter)}" for stage in range(4)]
         return np.stack(stages), names, np.asarray(seq.i1) // quarter
 
-    def mask_codes(self, encoded: Encoded) -> np.ndarray:
-        """Every id is valid everywhere (one code); checks lengths, ids and positions."""
+    def check(self, encoded: Encoded) -> None:
+        """Lengths, ids and positions: every sequence is the whole raster scan."""
         self._check(encoded)
         short = np.flatnonzero(encoded.lengths != self.length)
         if len(short):
@@ -282,17 +296,140 @@ class PixelLanguage:
                 j, index = divmod(int(wrong[0]), self.length)
                 raise ValueError(f"sequence {j}: token {index} has position {name}="
                                  f"{getattr(encoded, name)[wrong[0]]}, not the raster scan's")
-        return np.zeros(len(encoded.tokens), np.uint8)
 
-    @cached_property
-    def mask_table(self) -> np.ndarray:
-        return np.ones((1, self.levels), bool)
+    def valid_ids(self, encoded: Encoded) -> np.ndarray:
+        """Every id is valid everywhere."""
+        self.check(encoded)
+        return np.ones((len(encoded.tokens), self.levels), bool)
 
     def scan(self, initial_exponents) -> PixelScan:
         return PixelScan(self, len(np.atleast_1d(initial_exponents)))
 
+    def artifacts(self) -> dict[str, str]:
+        return {}
 
-LANGUAGES = {"wavelet": WaveletLanguage, "pixels": PixelLanguage}
+
+@dataclass(frozen=True)
+class BPELanguage:
+    """The wavelet language `base` with byte-pair merges: `tokenizer` is the learned HuggingFace
+    tokenizer (JSON) whose ids 0..7 are the base ids and whose other ids stand for runs of them.
+    A merged token sits where its first base token does; the grammar judges its whole expansion."""
+
+    base: WaveletLanguage
+    tokenizer: str
+
+    family = "bpe"
+    bit_planes = True
+
+    @cached_property
+    def vocabulary(self) -> bpe.Vocabulary:
+        return bpe.Vocabulary.of(self.tokenizer)
+
+    @cached_property
+    def _tokenizer(self) -> bpe.Tokenizer:
+        return bpe.Tokenizer.from_str(self.tokenizer)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocabulary.size
+
+    @property
+    def token_names(self) -> list[str]:
+        v = self.vocabulary
+        return self.base.token_names + [
+            "+".join(str(t) for t in v.expansion[v.expansion_offsets[i]:v.expansion_offsets[i + 1]])
+            for i in range(grammar.VOCAB_SIZE, v.size)]
+
+    wavelet = property(lambda self: self.base.wavelet)
+    size = property(lambda self: self.base.size)
+    e0_range = property(lambda self: self.base.e0_range)
+    max_planes = property(lambda self: self.base.max_planes)
+    image_height = property(lambda self: self.base.image_height)
+    image_width = property(lambda self: self.base.image_width)
+
+    @property
+    def name(self) -> str:
+        return f"{self.base.name}, BPE {self.vocab_size}"
+
+    def describe(self) -> dict:
+        return {"family": self.family, "base": self.base.describe(), "tokenizer": json.loads(self.tokenizer)}
+
+    @classmethod
+    def learn(cls, base: WaveletLanguage, coeffs: np.ndarray, vocab_size: int) -> "BPELanguage":
+        """Merges learned on the base sequences of (N, M, M) DWT coefficient matrices."""
+        encoded = base.encode(coeffs)
+        return cls(base, bpe.learn(bpe.to_strings(encoded.tokens, encoded.offsets), vocab_size))
+
+    # ----- images <-> sequences -----
+
+    def merge(self, encoded: Encoded) -> Encoded:
+        """Base sequences -> the tokenizer's merged sequences (positions of each first base token)."""
+        merged = self._tokenizer.encode_batch(bpe.to_strings(encoded.tokens, encoded.offsets))
+        ids = [np.asarray(m.ids, np.int64) for m in merged]
+        lengths = np.array([len(i) for i in ids], np.int64)
+        tokens = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        spans = self.vocabulary.lengths[tokens]
+        # Each merged token's first base token: its sequence's start plus the spans before it.
+        ends = np.cumsum(spans)
+        firsts = ends - spans
+        firsts += np.repeat(encoded.offsets[:-1] - (ends[offsets[:-1] - 1] * (offsets[:-1] > 0)
+                                                    if len(tokens) else 0), lengths)
+        return Encoded(tokens.astype(np.uint16), encoded.bp[firsts], encoded.i1[firsts], encoded.i2[firsts],
+                       offsets, encoded.initial_exponents)
+
+    def expand(self, encoded: Encoded) -> Encoded:
+        """Merged sequences (or prefixes) -> base sequences; positions are the base scan's."""
+        tokens = np.asarray(encoded.tokens, np.int64)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            bad = int(np.flatnonzero((tokens < 0) | (tokens >= self.vocab_size))[0])
+            raise ValueError(f"token {tokens[bad]} at index {bad} is not an id of the vocabulary (0..{self.vocab_size - 1})")
+        v = self.vocabulary
+        spans = v.lengths[tokens]
+        flat = np.repeat(v.expansion_offsets[tokens] - np.cumsum(spans) + spans, spans) + np.arange(spans.sum())
+        per_sequence = np.add.reduceat(spans, encoded.offsets[:-1]) if len(tokens) else np.zeros(len(encoded), np.int64)
+        per_sequence[encoded.lengths == 0] = 0
+        base_tokens = v.expansion[flat].astype(np.uint8)
+        offsets = np.concatenate([[0], np.cumsum(per_sequence)]).astype(np.int64)
+        positions = bpe.base_positions(base_tokens, offsets, encoded.initial_exponents, self.base.grammar)
+        return Encoded(base_tokens, *positions, offsets, encoded.initial_exponents)
+
+    def encode(self, coeffs: np.ndarray) -> Encoded:
+        return self.merge(self.base.encode(coeffs))
+
+    def encode_images(self, images: np.ndarray) -> Encoded:
+        return self.merge(self.base.encode_images(images))
+
+    def decode(self, encoded: Encoded) -> np.ndarray:
+        """Merges expanded first; every prefix decodes (it expands to a prefix of the base)."""
+        return self.base.decode(self.expand(encoded))
+
+    def progressive(self, encoded: Encoded, j: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+        images, names, _ = self.base.progressive(self.expand(encoded.select([j])), 0)
+        return images, names, encoded.bp[encoded.offsets[j]:encoded.offsets[j + 1]]
+
+    # ----- the grammar, for training and sampling -----
+
+    def _sequences(self, encoded: Encoded, with_valid: bool) -> np.ndarray:
+        return bpe.check_sequences(encoded.tokens, encoded.offsets, encoded.initial_exponents,
+                                   (encoded.bp, encoded.i1, encoded.i2), self.base.grammar, self.vocabulary,
+                                   with_valid)
+
+    def check(self, encoded: Encoded) -> None:
+        self._sequences(encoded, with_valid=False)
+
+    def valid_ids(self, encoded: Encoded) -> np.ndarray:
+        return self._sequences(encoded, with_valid=True)
+
+    def scan(self, initial_exponents) -> bpe.BatchScan:
+        return bpe.BatchScan(self.base.grammar, self.vocabulary, initial_exponents)
+
+    def artifacts(self) -> dict[str, str]:
+        """The tokenizer, loadable with `tokenizers.Tokenizer.from_file`."""
+        return {"tokenizer.json": self.tokenizer}
+
+
+LANGUAGES = {"wavelet": WaveletLanguage, "pixels": PixelLanguage, "bpe": BPELanguage}
 
 
 def from_description(description: dict):
@@ -301,4 +438,9 @@ def from_description(description: dict):
     family = fields.pop("family", None)
     if family not in LANGUAGES:
         raise ValueError(f"language family {family!r} is not one of {', '.join(LANGUAGES)}")
+    if family == "bpe":
+        base = from_description(fields["base"])
+        if not isinstance(base, WaveletLanguage):
+            raise ValueError(f"BPE merges a wavelet language, not {base.name}")
+        return BPELanguage(base, json.dumps(fields["tokenizer"]))
     return LANGUAGES[family](**fields)

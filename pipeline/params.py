@@ -25,6 +25,10 @@ FAMILIES = ("transformer", "diffusion")  # model.family: the wavelet transformer
 PROFILES = ("cpu", "gpu")  # conf/profile/<name>.yaml
 POSITIONS = ("wavelet", "sequence", "both")  # what tells the model where a token sits
 CONDITIONS = ("class", "none")
+# BPE vocabulary bounds: more ids than the wavelet language's 8 (pipeline.grammar.VOCAB_SIZE), at
+# most what uint16 holds (pipeline.bpe.MAX_VOCAB); kept here so that loading params stays light,
+# and equal to those by a test.
+BPE_BASE_VOCAB, BPE_MAX_VOCAB = 8, 1 << 16
 
 
 class ParamError(ValueError):
@@ -144,6 +148,7 @@ class TokenizerParams(_Group):
     initial_threshold: str
     pixel_levels: int
     shard_size: int
+    bpe_vocab_size: int  # 0: the plain language; else byte-pair merges up to this many ids
 
     def validate(self, g: str) -> None:
         _check_choice(f"{g}.method", self.method, TOKENIZER_METHODS)
@@ -153,6 +158,12 @@ class TokenizerParams(_Group):
         _check_choice(f"{g}.initial_threshold", self.initial_threshold, INITIAL_THRESHOLDS)
         _check_int(f"{g}.pixel_levels", self.pixel_levels, lo=2, hi=256)
         _check_int(f"{g}.shard_size", self.shard_size, lo=1)
+        size = _check_int(f"{g}.bpe_vocab_size", self.bpe_vocab_size, lo=0, hi=BPE_MAX_VOCAB)
+        if 0 < size <= BPE_BASE_VOCAB:
+            raise ParamError(f"{g}.bpe_vocab_size", size, f"0 (off), or {BPE_BASE_VOCAB + 1}..{BPE_MAX_VOCAB}: more "
+                             f"ids than the {BPE_BASE_VOCAB} of the wavelet language")
+        if size and self.method == "pixels":
+            raise ParamError(f"{g}.bpe_vocab_size", size, "0 with tokenizer.method pixels (merges are of wavelet tokens)")
 
 
 @dataclass(frozen=True)

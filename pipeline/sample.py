@@ -268,7 +268,8 @@ def _collect(records, lengths: np.ndarray, e0: np.ndarray) -> Encoded:
     """Per-step records (sequence, position, token, bp, i1, i2) -> flat sequences in sequence order."""
     columns = [np.concatenate([r[c] for r in records]) if records else np.zeros(0, np.int64) for c in range(6)]
     order = np.lexsort((columns[1], columns[0]))
-    tokens, bp, i1, i2 = (columns[c][order].astype(np.uint8) for c in range(2, 6))
+    tokens = columns[2][order].astype(np.uint16)  # BPE ids may pass 255
+    bp, i1, i2 = (columns[c][order].astype(np.uint8) for c in range(3, 6))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return Encoded(tokens, bp, i1, i2, offsets, np.asarray(e0).astype(np.int8))
 
@@ -387,7 +388,7 @@ def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/mode
     if dist.is_main:
         images = sampler.language.decode(encoded)  # checks every sequence against the grammar once more
         with atomic_dir(out) as tmp:
-            write_samples(tmp / "samples.parquet", labels, encoded, images)
+            write_samples(tmp / "samples.parquet", labels, encoded, images, sampler.language.vocab_size)
         sample_figures(sampler, encoded, labels, images, classes, settings.per_class, Path(figures_dir))
         metrics = {"samples": int(len(labels)), "length_mean": float(encoded.lengths.mean()),
                    "length_max": int(encoded.lengths.max()), "decoding": asdict(decoding),

@@ -1,7 +1,9 @@
 """Stage `tokenize`: DWT coefficients -> token sequences in Parquet shards.
 
 Writes data/tokens/{train,test}/part-NNNNN.parquet and data/tokens/meta.json (spec section 9),
-the tokenizer metrics reports/tokenize.json, and the figures in reports/tokenize/.
+the tokenizer metrics reports/tokenize.json, and the figures in reports/tokenize/. With
+`tokenizer.bpe_vocab_size`, byte-pair merges are learned on the training split's sequences
+first; the tokenizer is recorded in meta.json and written beside the shards (tokenizer.json).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from . import dwt, figures, wavelets
 from .formats import write_shard
 from .idx import N_CLASSES, SPLITS
 from .io import atomic_dir, write_json
-from .language import PixelLanguage, WaveletLanguage
+from .language import BPELanguage, PixelLanguage, WaveletLanguage
 from .params import Params
 from .progress import log, track
 
@@ -22,13 +24,20 @@ IMAGE_SIZE = (28, 28)
 PROGRESSIVE_EXAMPLES = 6
 
 
-def language_for(p: Params, size: int):
-    """The token language the params ask for, over the dwt stage's M x M coefficient matrices."""
+def language_for(p: Params, train_coeffs: np.ndarray):
+    """The token language the params ask for, over the dwt stage's M x M coefficient matrices
+    (BPE merges are learned on the training split's)."""
     settings = p.tokenizer
     if settings.method == "pixels":
         return PixelLanguage(p.wavelet, settings.pixel_levels, *IMAGE_SIZE)
-    return WaveletLanguage(p.wavelet, settings.method, settings.final_exponent, settings.initial_threshold, size,
-                           *IMAGE_SIZE)
+    language = WaveletLanguage(p.wavelet, settings.method, settings.final_exponent, settings.initial_threshold,
+                               train_coeffs.shape[-1], *IMAGE_SIZE)
+    if not settings.bpe_vocab_size:
+        return language
+    log(f"learning BPE merges up to {settings.bpe_vocab_size} ids on {len(train_coeffs)} training sequences")
+    language = BPELanguage.learn(language, np.asarray(train_coeffs), settings.bpe_vocab_size)
+    log(f"BPE: {language.vocab_size} ids, the longest expanding to {language.vocabulary.depth} base tokens")
+    return language
 
 
 def psnr(decoded: np.ndarray, original: np.ndarray) -> np.ndarray:
@@ -50,7 +59,7 @@ def tokenize_split(coeffs: np.ndarray, labels: np.ndarray, language, wavelet: st
         block = np.asarray(coeffs[start:stop])
         encoded = language.encode(block)
         write_shard(out / split / f"part-{shard:05d}.parquet", encoded, np.arange(start, stop),
-                    labels[start:stop])
+                    labels[start:stop], language.vocab_size)
         lengths.append(encoded.lengths)
         e0s.append(encoded.initial_exponents)
         counts = np.bincount(encoded.bp)
@@ -70,7 +79,7 @@ def run(p: Params, dwt_root: str | Path = "data/dwt", out: str | Path = "data/to
     with atomic_dir(out) as tmp:
         for split in SPLITS:
             coeffs, labels = dwt.load(split, dwt_root)
-            language = language or language_for(p, coeffs.shape[-1])
+            language = language or language_for(p, coeffs)  # SPLITS starts with train
             split_stats = tokenize_split(coeffs, labels, language, p.wavelet, p.tokenizer.shard_size, tmp, split)
             stats[split], labels_of[split] = split_stats, np.asarray(labels)
             lengths = split_stats["lengths"]
@@ -94,10 +103,12 @@ def run(p: Params, dwt_root: str | Path = "data/dwt", out: str | Path = "data/to
             },
         }
         write_json(tmp / "meta.json", meta)
+        for name, text in language.artifacts().items():
+            (tmp / name).write_text(text)
 
     settings = p.tokenizer
     metrics = {"method": settings.method, "wavelet": p.wavelet, "final_exponent": settings.final_exponent,
-               "pixel_levels": settings.pixel_levels}
+               "pixel_levels": settings.pixel_levels, "vocab_size": language.vocab_size}
     for split, split_stats in stats.items():
         planes = split_stats["plane_counts"] / len(split_stats["lengths"])
         metrics[split] = {

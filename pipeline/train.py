@@ -52,18 +52,15 @@ class TrainingDiverged(RuntimeError):
 # ----- data -----
 
 class TokenData:
-    """One split's sequences with their grammar masks, assembled into padded batches."""
+    """One split's sequences, assembled into padded batches with their grammar masks."""
 
-    def __init__(self, split: formats.TokenSplit, mask_table: np.ndarray, start_token: int, pad_to: int = 1):
-        encoded = split.encoded
-        self.tokens, self.bp, self.i1, self.i2 = encoded.tokens, encoded.bp, encoded.i1, encoded.i2
-        self.offsets = encoded.offsets
-        self.mask_codes = split.mask_codes
-        self.mask_table = torch.from_numpy(mask_table)
-        self.start_token = start_token
+    def __init__(self, split: formats.TokenSplit, language, pad_to: int = 1):
+        self.encoded = split.encoded
+        self.language = language
+        self.start_token = language.vocab_size
         self.pad_to = pad_to
-        self.lengths = encoded.lengths
-        self.e0 = encoded.initial_exponents.astype(np.int64)
+        self.lengths = self.encoded.lengths
+        self.e0 = self.encoded.initial_exponents.astype(np.int64)
         self.labels = split.labels.astype(np.int64)
 
     def __len__(self) -> int:
@@ -78,21 +75,20 @@ class TokenData:
         first), targets the tokens (-1 on padding), positions those of the targets, `valid` the
         ids the grammar allows at each target (all of them on padding)."""
         width = self.width(rows)
-        out = {name: np.zeros((len(rows), width), np.int64) for name in ("prev", "bp", "i1", "i2", "code")}
+        chosen = self.encoded.select(rows)
+        lengths, offsets = chosen.lengths, chosen.offsets
+        filled = np.arange(width)[None, :] < lengths[:, None]
+        out = {name: np.zeros((len(rows), width), np.int64) for name in ("prev", "bp", "i1", "i2")}
         out["target"] = np.full((len(rows), width), -1, np.int64)
-        for r, j in enumerate(rows):
-            seq = slice(self.offsets[j], self.offsets[j + 1])
-            n = self.lengths[j]
-            out["target"][r, :n] = self.tokens[seq]
-            out["prev"][r, 0] = self.start_token
-            out["prev"][r, 1:n] = self.tokens[seq][:-1]
-            out["bp"][r, :n], out["i1"][r, :n], out["i2"][r, :n] = self.bp[seq], self.i1[seq], self.i2[seq]
-            out["code"][r, :n] = self.mask_codes[seq]
-        code = torch.from_numpy(out.pop("code"))
-        valid = self.mask_table[code]
-        valid[torch.from_numpy(out["target"] < 0)] = True  # padding: no -inf rows
+        out["target"][filled] = chosen.tokens
+        out["prev"][:, 0] = self.start_token
+        out["prev"][:, 1:] = np.where(filled[:, 1:], out["target"][:, :-1], 0)
+        for name in ("bp", "i1", "i2"):
+            out[name][filled] = getattr(chosen, name)
+        valid = np.ones((len(rows), width, self.language.vocab_size), bool)  # padding: no -inf rows
+        valid[filled] = self.language.valid_ids(chosen)
         tensors = {name: torch.from_numpy(a).to(device) for name, a in out.items()}
-        tensors["valid"] = valid.to(device)
+        tensors["valid"] = torch.from_numpy(valid).to(device)
         tensors["e0"] = torch.from_numpy(self.e0[rows]).to(device)
         tensors["label"] = torch.from_numpy(self.labels[rows]).to(device)
         return tensors
@@ -105,8 +101,8 @@ def load_data(tokens_root: Path, pad_to: int = 1) -> tuple[dict, TokenData, Toke
     """meta.json and both splits, checked against the data contract and the language's grammar."""
     meta = formats.read_meta(tokens_root)
     language = from_description(meta["language"])
-    splits = [TokenData(formats.read_split(tokens_root, split, meta, with_masks=True), language.mask_table,
-                        language.vocab_size, pad_to) for split in ("train", "test")]
+    splits = [TokenData(formats.read_split(tokens_root, split, meta, check_grammar=True), language, pad_to)
+              for split in ("train", "test")]
     return meta, *splits
 
 
@@ -306,6 +302,8 @@ class TransformerTask:
 
     def save(self, folder: Path) -> None:
         self.model.save_pretrained(folder)
+        for name, text in self.model.language.artifacts().items():
+            (folder / name).write_text(text)
 
 
 def quadratic_flops(one_step) -> "callable":

@@ -68,7 +68,8 @@ def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/mode
     full_labels = np.repeat(classes, p.sample.per_class)
     encoded = sample_rows(sampler, full_labels, best_decoding, p.sample.seed, p.sample.batch_size, progress="tune")
     with atomic_dir(out) as tmp:
-        write_samples(tmp / "samples.parquet", full_labels, encoded, sampler.language.decode(encoded))
+        write_samples(tmp / "samples.parquet", full_labels, encoded, sampler.language.decode(encoded),
+                      sampler.language.vocab_size)
     summary = {"grid": results, "best": best, "selected_by": "lowest classifier-FID against the validation half of "
                f"the test split ({len(reference)} images, {settings.per_class} samples per class and setting)"}
     write_json(metrics_path, summary)

@@ -207,3 +207,25 @@ def test_the_baselines_run_through_the_same_stages(small_repo, mirror, name, ove
     recorded = runs[name]["revs"][0]["data"]
     assert recorded["params"]["params.yaml"]["data"]["model"]["family"] == family
     assert "compute" in recorded["metrics"]["reports/metrics.json"]["data"]
+
+
+def test_bpe_runs_through_the_same_stages(small_repo, mirror):
+    """`-S tokenizer.bpe_vocab_size=N` learns merges in tokenize and every later stage drives the
+    merged language; the tokenizer lands beside the shards and the model."""
+    baseline(small_repo)
+    out = dvc(small_repo, "exp", "run", "-n", "bpe", "-S", "tokenizer.bpe_vocab_size=24", mirror=mirror)
+    assert {"tokenize", "train", "sample", "tune", "complete", "evaluate"} <= ran(out), out
+    meta = json.loads((small_repo / "data/tokens/meta.json").read_text())
+    assert meta["language"]["family"] == "bpe" and meta["vocab_size"] == 24
+    for folder in ("data/tokens", "data/model"):
+        assert json.loads((small_repo / folder / "tokenizer.json").read_text())["model"]["type"] == "BPE"
+    tokenized = json.loads((small_repo / "reports/tokenize.json").read_text())
+    assert tokenized["vocab_size"] == 24
+    completion = json.loads((small_repo / "reports/complete.json").read_text())
+    assert set(completion["per_prefix_planes"]) == {"1", "2"}
+    metrics = json.loads((small_repo / "reports/metrics.json").read_text())
+    assert metrics["tokenizer"]["language"].endswith("BPE 24")
+    assert metrics["likelihood"]["test_bits_per_image"] > 0 and metrics["generated"]["classifier"]["fid"] > 0
+    shown = json.loads(dvc(small_repo, "exp", "show", "--json", mirror=mirror))
+    runs = {r.get("name"): r for baseline_rev in shown for r in (baseline_rev.get("experiments") or [])}
+    assert runs["bpe"]["revs"][0]["data"]["params"]["params.yaml"]["data"]["tokenizer"]["bpe_vocab_size"] == 24

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 def write_fake_samples(path: Path, labels: np.ndarray, images: np.ndarray) -> None:
     n = len(labels)
     empty = Encoded(*(np.zeros(n, np.uint8) for _ in range(4)), np.arange(n + 1), np.zeros(n, np.int8))
-    write_samples(path, labels, empty, images)
+    write_samples(path, labels, empty, images, 8)
 
 
 @pytest.fixture(scope="module")

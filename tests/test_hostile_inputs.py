@@ -195,7 +195,7 @@ def test_damaged_classifier_and_samples_are_named(tmp_path):
         train_classifier.load(tmp_path / "classifier")
     n = 3
     empty = Encoded(*(np.zeros(n, np.uint8) for _ in range(4)), np.arange(n + 1), np.zeros(n, np.int8))
-    formats.write_samples(tmp_path / "samples.parquet", np.zeros(n), empty, np.zeros((n, 20, 20), np.uint8))
+    formats.write_samples(tmp_path / "samples.parquet", np.zeros(n), empty, np.zeros((n, 20, 20), np.uint8), 8)
     with pytest.raises(InputError, match=r"row 0: image has 400 pixels, expected 28 x 28.*dvc repro sample"):
         formats.read_samples(tmp_path / "samples.parquet")
     (tmp_path / "samples.parquet").write_text(json.dumps({"not": "parquet"}))

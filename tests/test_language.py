@@ -39,7 +39,7 @@ def test_quantised_pixels(real):
     # Raster positions: row, column; one plane.
     assert encoded.i1[:30].tolist() == [0] * 28 + [1, 1] and encoded.i2[27:30].tolist() == [27, 0, 1]
     assert not encoded.bp.any() and not encoded.initial_exponents.any()
-    assert not language.mask_codes(encoded).any() and language.mask_table.all()
+    assert language.valid_ids(encoded).all()
 
 
 def test_pixel_sequences_are_checked(real):
@@ -48,12 +48,12 @@ def test_pixel_sequences_are_checked(real):
     broken = encoded.select([0, 1, 2])
     broken.i2[800] = 5
     with pytest.raises(ValueError, match="sequence 1: token 16 has position i2=5"):
-        language.mask_codes(broken)
+        language.check(broken)
     short = broken.select([0])
     short = type(short)(short.tokens[:-1], short.bp[:-1], short.i1[:-1], short.i2[:-1], np.array([0, 783]),
                         short.initial_exponents)
     with pytest.raises(ValueError, match="ends after 783 tokens"):
-        language.mask_codes(short)
+        language.check(short)
     wrong = encoded.select([0])
     wrong.tokens[3] = 9
     with pytest.raises(ValueError, match="token 3 is 9, not a level 0..3"):
@@ -83,5 +83,5 @@ def test_untrained_pixel_model_samples_are_valid_and_full_length():
     encoded = sample_stage.generate(model, labels, e0, sample_stage.Decoding(top_p=0.9, cfg_scale=2.0), seed=0,
                                     slots=16)
     assert (encoded.lengths == 784).all()
-    language.mask_codes(encoded)  # every position is the raster scan's
+    language.check(encoded)  # every position is the raster scan's
     assert language.decode(encoded).shape == (60, 28, 28)
