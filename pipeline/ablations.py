@@ -60,9 +60,10 @@ def queue(budget: float = typer.Option(BUDGET, help="training FLOPs per row"),
         subprocess.run(command, check=True)
 
 
-def _experiments() -> dict[str, dict]:
-    """name -> {params, metrics} of every finished experiment (queued and running ones show their
-    baseline's figures in `dvc exp show`, so only those `dvc exp list` knows are taken)."""
+def experiments() -> dict[str, dict]:
+    """name -> {params, metrics (reports/metrics.json), files (every metrics file), rev} of every
+    finished experiment (queued and running ones show their baseline's figures in `dvc exp show`,
+    so only those `dvc exp list` knows are taken)."""
     finished = set(subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], check=True,
                                   capture_output=True, text=True).stdout.split())
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True,
@@ -73,14 +74,14 @@ def _experiments() -> dict[str, dict]:
             revision = experiment["revs"][0]
             data = revision.get("data") or {}
             name = experiment.get("name") or revision.get("name")
-            metrics = (data.get("metrics") or {}).get("reports/metrics.json", {}).get("data")
-            if name in finished and metrics:
-                found[name] = {"params": data["params"]["params.yaml"]["data"], "metrics": metrics,
-                               "rev": revision.get("rev", "")[:7]}
+            files = {path: entry.get("data") or {} for path, entry in (data.get("metrics") or {}).items()}
+            if name in finished and files.get("reports/metrics.json"):
+                found[name] = {"params": data["params"]["params.yaml"]["data"], "metrics": files["reports/metrics.json"],
+                               "files": files, "rev": revision.get("rev", "")[:7]}
     return found
 
 
-def _fmt(value, digits: int = 1) -> str:
+def fmt(value, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
@@ -90,7 +91,7 @@ def table(out: Path = typer.Option(Path("reports/ablations.md")),
           note: Annotated[str, typer.Option(help="how the rows ran (device, threads), printed under the title")] = ""
           ) -> None:
     """Write the table and the figure from `dvc exp show --json`."""
-    found = _experiments()
+    found = experiments()
     rows = [(row, found[PREFIX + row]) for row in ROWS if PREFIX + row in found]
     if not rows:
         sys.exit("no abl-* experiments with metrics; run `python -m pipeline.ablations queue` and `dvc queue start`")
@@ -105,7 +106,7 @@ def table(out: Path = typer.Option(Path("reports/ablations.md")),
              "setting, chosen by classifier-FID on the validation half of the test split; the other figures "
              "use the shared settings (top-p 0.6, guidance 2; 50 DDIM steps for diffusion). FID: "
              "{extractor}; classifier-FID: the domain classifier's features.".format(
-                 real_c=_fmt(first["real_floor"]["classifier"]["fid"]), real_i=_fmt(first["real_floor"]["inception"]["fid"]),
+                 real_c=fmt(first["real_floor"]["classifier"]["fid"]), real_i=fmt(first["real_floor"]["inception"]["fid"]),
                  extractor=first["extractors"]["inception"]), "",
              header, "|" + "---|" * (header.count("|") - 1)]
     for row, exp in rows:
@@ -114,12 +115,12 @@ def table(out: Path = typer.Option(Path("reports/ablations.md")),
         setting = (f"guidance {tuned['cfg_scale']:g}, " + (f"top-p {tuned['top_p']:g}" if row != "diffusion"
                    else f"{tuned['diffusion_steps']} steps"))
         lines.append("| " + " | ".join([
-            ROWS[row][0], _fmt(m["likelihood"].get("test_bits_per_image")), _fmt(m["tokenizer_floor"]["inception"]["fid"]),
-            _fmt(m["generated"]["inception"]["fid"]), _fmt(m["tuned"]["inception"]["fid"]),
-            _fmt(m["generated"]["classifier"]["fid"]), _fmt(m["tuned"]["classifier"]["fid"]),
-            _fmt(m["generated"]["conditional_accuracy"], 3), _fmt(m["tuned"]["conditional_accuracy"], 3), setting,
-            f"{m['compute']['train_flops']:.3g}", _fmt(m["compute"]["train_minutes"]),
-            _fmt(m["compute"]["sample_images_per_s"])]) + " |")
+            ROWS[row][0], fmt(m["likelihood"].get("test_bits_per_image")), fmt(m["tokenizer_floor"]["inception"]["fid"]),
+            fmt(m["generated"]["inception"]["fid"]), fmt(m["tuned"]["inception"]["fid"]),
+            fmt(m["generated"]["classifier"]["fid"]), fmt(m["tuned"]["classifier"]["fid"]),
+            fmt(m["generated"]["conditional_accuracy"], 3), fmt(m["tuned"]["conditional_accuracy"], 3), setting,
+            f"{m['compute']['train_flops']:.3g}", fmt(m["compute"]["train_minutes"]),
+            fmt(m["compute"]["sample_images_per_s"])]) + " |")
     if missing:
         lines += ["", "Not run yet: " + ", ".join(missing)]
     out.write_text("\n".join(lines) + "\n")

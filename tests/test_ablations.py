@@ -17,7 +17,7 @@ def _metrics(fid: float, steps: int | None = None) -> dict:
 
 def test_rows_every_column_and_the_figure(tmp_path, monkeypatch):
     found = {"abl-default": {"metrics": _metrics(200.0)}, "abl-diffusion": {"metrics": _metrics(150.0, steps=25)}}
-    monkeypatch.setattr(ablations, "_experiments", lambda: found)
+    monkeypatch.setattr(ablations, "experiments", lambda: found)
     ablations.table(tmp_path / "t.md", tmp_path / "t.png")
     text = (tmp_path / "t.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ")]

@@ -1,0 +1,160 @@
+"""The BPE trade-off (paper 3.2.3): vocabulary size against sequence length, speed and quality
+at equal training compute.
+
+    python -m pipeline.bpe_study queue      # dvc exp run --queue: bpe-7, bpe-64, ..., bpe-4096
+    dvc queue start                         # run them
+    python -m pipeline.bpe_study table      # reports/bpe_tradeoff.md and reports/bpe_tradeoff.png
+
+Each row is an experiment named `bpe-<vocabulary>` that differs from the others only in
+`tokenizer.bpe_vocab_size` (7 is the plain language, bpe_vocab_size 0); all pin the language
+(haar, zero-tree, f = -1) and the training budget in FLOPs, and run through the same stages. The
+table comes from DVC's own records (`dvc exp show --json`). Sequence lengths at f = -3, which
+need no training, are measured by benchmarks/bpe_lengths.py.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from .ablations import experiments, fmt
+
+VOCABULARIES = (0, 64, 256, 1024, 4096)  # 0: the plain 7-token language (8 ids with ZeroTree)
+BUDGET = 3.0e13  # training FLOPs per row: 60% of the default run's; 6 to 17 minutes of training on one thread
+PINNED = ["wavelet=haar", "tokenizer.method=zerotree", "tokenizer.final_exponent=-1"]
+# The completion stage is not part of the study: one small setting keeps it from costing a row's time.
+LIGHT = ["complete.prefix_planes=[2]", "complete.images=20", "complete.completions=1"]
+PREFIX = "bpe-"
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def row_name(vocabulary: int) -> str:
+    return PREFIX + str(vocabulary or 7)
+
+
+def overrides(vocabulary: int, budget: float) -> list[str]:
+    return PINNED + LIGHT + [f"tokenizer.bpe_vocab_size={vocabulary}", f"train.flops={budget:g}"]
+
+
+@app.command()
+def queue(budget: float = typer.Option(BUDGET, help="training FLOPs per row"),
+          vocabularies: list[int] = typer.Option(list(VOCABULARIES), "--vocab", help="rows (0: no merges)")) -> None:
+    """Queue one experiment per vocabulary size (`dvc queue start` runs them)."""
+    for vocabulary in vocabularies:
+        command = ["dvc", "exp", "run", "--queue", "-n", row_name(vocabulary)]
+        for override in overrides(vocabulary, budget):
+            command += ["-S", override]
+        print(" ".join(command), flush=True)
+        subprocess.run(command, check=True)
+
+
+def row(exp: dict) -> dict:
+    """The figures of one experiment that the table and the figure show."""
+    files, m = exp["files"], exp["metrics"]
+    tokenized, trained = files["reports/tokenize.json"], files["reports/train/metrics.json"]
+    tokens_per_s = trained["train_tokens_per_s"]
+    return {
+        "vocab": tokenized["vocab_size"], "length_mean": tokenized["train"]["length_mean"],
+        "length_max": tokenized["train"]["length_max"], "bits_per_image": m["likelihood"].get("test_bits_per_image"),
+        "bits_per_token": m["likelihood"].get("test_bits_per_token"), "train_tokens_per_s": tokens_per_s,
+        "train_images_per_s": tokens_per_s / tokenized["train"]["length_mean"],
+        "sample_images_per_s": m["compute"]["sample_images_per_s"], "train_flops": m["compute"]["train_flops"],
+        "train_minutes": m["compute"]["train_minutes"], "steps": trained["steps"],
+        **{f"{kind}_{key}": (m[kind][key]["fid"] if key != "accuracy" else m[kind]["conditional_accuracy"])
+           for kind in ("generated", "tuned") for key in ("inception", "classifier", "accuracy")},
+        "ceiling_classifier": m["tokenizer_floor"]["classifier"]["fid"],
+        "real_classifier": m["real_floor"]["classifier"]["fid"],
+        "ceiling_inception": m["tokenizer_floor"]["inception"]["fid"], "real_inception": m["real_floor"]["inception"]["fid"],
+    }
+
+
+@app.command()
+def table(out: Path = typer.Option(Path("reports/bpe_tradeoff.md")),
+          figure: Path = typer.Option(Path("reports/bpe_tradeoff.png")),
+          note: Annotated[str, typer.Option(help="how the rows ran (device, threads), printed under the title")] = ""
+          ) -> None:
+    """Write the table and the figure from `dvc exp show --json`."""
+    found = experiments()
+    rows = [row(found[row_name(v)]) for v in VOCABULARIES if row_name(v) in found]
+    if not rows:
+        sys.exit("no bpe-* experiments with metrics; run `python -m pipeline.bpe_study queue` and `dvc queue start`")
+    missing = [row_name(v) for v in VOCABULARIES if row_name(v) not in found]
+    header = ("| vocabulary | mean length | max length | test bits/image | bits/token | training tokens/s | "
+              "training images/s | sampling images/s | FID | FID, tuned | classifier-FID | classifier-FID, tuned | "
+              "cond. acc. | cond. acc., tuned | training FLOPs | steps | training min |")
+    first = rows[0]
+    lines = [f"# BPE vocabulary size against length, speed and quality at equal training compute ({date.today()}, "
+             f"{platform.machine()} CPU, generated by `python -m pipeline.bpe_study table` from `dvc exp show`)", "",
+             *([note, ""] if note else []),
+             "Language: haar, zero-tree, f = -1 (vocabulary 7: no merges; its 8 ids include ZeroTree). Lengths are "
+             "of the training split; bits/image is the test NLL of the tokenizer's own segmentation (an upper bound "
+             "on the image's code length once merges make segmentations non-unique). Training images/s = tokens/s / "
+             "mean length, with the grammar masks computed in the loop. Every row shares the tokenizer ceiling "
+             f"(classifier-FID {fmt(first['ceiling_classifier'])}, FID {fmt(first['ceiling_inception'])}) and real "
+             f"data (classifier-FID {fmt(first['real_classifier'])}, FID {fmt(first['real_inception'])}): merges do "
+             "not change the images a language can write. 'tuned': each row's best decoding setting, chosen on the "
+             "validation half of the test split.", "", header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            str(r["vocab"] - 1 if r["vocab"] == 8 else r["vocab"]), fmt(r["length_mean"]), str(r["length_max"]),
+            fmt(r["bits_per_image"]), fmt(r["bits_per_token"], 3), fmt(r["train_tokens_per_s"], 0),
+            fmt(r["train_images_per_s"]), fmt(r["sample_images_per_s"]),
+            fmt(r["generated_inception"]), fmt(r["tuned_inception"]), fmt(r["generated_classifier"]),
+            fmt(r["tuned_classifier"]), fmt(r["generated_accuracy"], 3), fmt(r["tuned_accuracy"], 3),
+            f"{r['train_flops']:.3g}", str(r["steps"]), fmt(r["train_minutes"])]) + " |")
+    if missing:
+        lines += ["", "Not run yet: " + ", ".join(missing)]
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _figure(rows, figure)
+
+
+def _figure(rows: list[dict], path: Path) -> None:
+    """Length, speed and quality against vocabulary size (log axis), quality beside its floors."""
+    from . import figures
+
+    plt = figures.plt
+    vocab = np.array([r["vocab"] - 1 if r["vocab"] == 8 else r["vocab"] for r in rows], float)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax = axes[0]
+    ax.plot(vocab, [r["length_mean"] for r in rows], "o-", label="mean")
+    ax.plot(vocab, [r["length_max"] for r in rows], "s--", label="max")
+    ax.set_ylabel("tokens per image")
+    ax.set_title("Sequence length", fontsize=10)
+    ax = axes[1]
+    ax.plot(vocab, [r["train_images_per_s"] for r in rows], "o-", label="training images/s")
+    ax.plot(vocab, [r["sample_images_per_s"] for r in rows], "s-", label="sampling images/s")
+    ax.set_ylabel("images per second (one CPU thread)")
+    ax.set_title("Speed", fontsize=10)
+    ax = axes[2]
+    for key, label, colour in (("classifier", "classifier-FID", "tab:blue"), ("inception", "FID", "tab:orange")):
+        ax.plot(vocab, [r[f"generated_{key}"] or np.nan for r in rows], "o-", color=colour, label=f"{label}")
+        ax.plot(vocab, [r[f"tuned_{key}"] or np.nan for r in rows], "x:", color=colour, label=f"{label}, tuned")
+        for floor, style in (("ceiling", "-."), ("real", "--")):
+            value = rows[0][f"{floor}_{key}"]
+            if value is not None:
+                ax.axhline(value, color=colour, linestyle=style, linewidth=0.8,
+                           label=f"{label}: {'tokenizer ceiling' if floor == 'ceiling' else 'real data'}")
+    ax.set_yscale("log")
+    ax.set_ylabel("lower is better")
+    ax.set_title(f"Quality at {rows[0]['train_flops']:.2g} training FLOPs", fontsize=10)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xticks(vocab, [str(int(v)) for v in vocab])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set_xlabel("vocabulary size (7: no merges)")
+        ax.legend(fontsize=7)
+    fig.suptitle("BPE over the wavelet language (MNIST, haar zero-tree f = -1): vocabulary against length, "
+                 "speed and quality at equal training compute", fontsize=10)
+    fig.tight_layout()
+    figures.save(fig, path)
+
+
+if __name__ == "__main__":
+    app()
