@@ -33,7 +33,8 @@ SHOWN = 3  # images per k in the figure
 
 
 def prefixes_of(encoded: Encoded, planes: int) -> Encoded:
-    """The first `planes` bit-planes of every sequence."""
+    """The first `planes` bit-planes of every sequence: the tokens that start in them (with BPE,
+    the last of them may run on into the next plane; the model writes from its end)."""
     keep = encoded.bp < planes
     lengths = np.add.reduceat(keep.astype(np.int64), encoded.offsets[:-1]) if len(encoded) else np.zeros(0, np.int64)
     lengths[encoded.lengths == 0] = 0

@@ -33,3 +33,27 @@ def test_every_row_pins_the_table_language_and_the_budget():
     assert "tokenizer.final_exponent=-2" in ablations.overrides("finer-planes", 1e13)
     assert "tokenizer.final_exponent=-1" not in ablations.overrides("finer-planes", 1e13)
     assert ablations.overrides("diffusion", 1e13) == ["family=diffusion", "train.flops=1e+13"]
+
+
+def test_bpe_tradeoff_table_and_figure(tmp_path, monkeypatch):
+    from pipeline import bpe_study
+
+    def experiment(vocab: int, length: float, fid: float) -> dict:
+        metrics = _metrics(fid)
+        metrics["likelihood"]["test_bits_per_token"] = 221.7 / length
+        return {"metrics": metrics, "files": {
+            "reports/metrics.json": metrics,
+            "reports/tokenize.json": {"vocab_size": vocab, "train": {"length_mean": length, "length_max": 2 * length}},
+            "reports/train/metrics.json": {"train_tokens_per_s": 1000.0, "steps": 500}}}
+
+    found = {"bpe-7": experiment(8, 360.0, 200.0), "bpe-256": experiment(256, 76.0, 180.0)}
+    monkeypatch.setattr(bpe_study, "experiments", lambda: found)
+    bpe_study.table(tmp_path / "b.md", tmp_path / "b.png")
+    rows = [line for line in (tmp_path / "b.md").read_text().splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| vocabulary | mean length |") and len(rows) == 3
+    # vocabulary 7 (8 ids with ZeroTree), its length, training images/s = tokens/s / length
+    assert rows[1].startswith("| 7 | 360.0 | 720.0 | 221.7 | 0.616 | 1,000 | 2.8 | 5.0 | 200.0 |")
+    assert rows[2].startswith("| 256 | 76.0 |") and "| 13.2 |" in rows[2]
+    assert "Not run yet: bpe-64, bpe-1024, bpe-4096" in (tmp_path / "b.md").read_text()
+    assert (tmp_path / "b.png").stat().st_size > 10_000
+    assert bpe_study.overrides(0, 1e13)[-2:] == ["tokenizer.bpe_vocab_size=0", "train.flops=1e+13"]
