@@ -70,6 +70,8 @@ def row(exp: dict) -> dict:
            for kind in ("generated", "tuned") for key in ("inception", "classifier", "accuracy")},
         "ceiling_classifier": m["tokenizer_floor"]["classifier"]["fid"],
         "real_classifier": m["real_floor"]["classifier"]["fid"],
+        "ceiling_accuracy": m["tokenizer_floor"]["conditional_accuracy"],
+        "real_accuracy": m["real_floor"]["conditional_accuracy"],
         "ceiling_inception": m["tokenizer_floor"]["inception"]["fid"], "real_inception": m["real_floor"]["inception"]["fid"],
     }
 
@@ -116,12 +118,14 @@ def table(out: Path = typer.Option(Path("reports/bpe_tradeoff.md")),
 
 
 def _figure(rows: list[dict], path: Path) -> None:
-    """Length, speed and quality against vocabulary size (log axis), quality beside its floors."""
+    """Length, speed, FIDs and conditional accuracy against vocabulary size (log axis), quality
+    beside its floors (tokenizer ceiling, real data)."""
     from . import figures
 
     plt = figures.plt
     vocab = np.array([r["vocab"] - 1 if r["vocab"] == 8 else r["vocab"] for r in rows], float)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    axes = axes.reshape(-1)
     ax = axes[0]
     ax.plot(vocab, [r["length_mean"] for r in rows], "o-", label="mean")
     ax.plot(vocab, [r["length_max"] for r in rows], "s--", label="max")
@@ -133,26 +137,43 @@ def _figure(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("images per second (one CPU thread)")
     ax.set_title("Speed", fontsize=10)
     ax = axes[2]
-    for key, label, colour in (("classifier", "classifier-FID", "tab:blue"), ("inception", "FID", "tab:orange")):
-        ax.plot(vocab, [r[f"generated_{key}"] or np.nan for r in rows], "o-", color=colour, label=f"{label}")
-        ax.plot(vocab, [r[f"tuned_{key}"] or np.nan for r in rows], "x:", color=colour, label=f"{label}, tuned")
+    for key, colour in (("classifier", "tab:blue"), ("inception", "tab:orange")):
+        ax.plot(vocab, [r[f"generated_{key}"] or np.nan for r in rows], "o-", color=colour)
+        ax.plot(vocab, [r[f"tuned_{key}"] or np.nan for r in rows], "x:", color=colour)
         for floor, style in (("ceiling", "-."), ("real", "--")):
-            value = rows[0][f"{floor}_{key}"]
-            if value is not None:
-                ax.axhline(value, color=colour, linestyle=style, linewidth=0.8,
-                           label=f"{label}: {'tokenizer ceiling' if floor == 'ceiling' else 'real data'}")
+            if rows[0][f"{floor}_{key}"] is not None:
+                ax.axhline(rows[0][f"{floor}_{key}"], color=colour, linestyle=style, linewidth=0.8)
+    # One legend for colours (metric) and styles (what is plotted), below the panel.
+    from matplotlib.lines import Line2D as Line
+    handles = [Line([], [], color="tab:blue", label="classifier-FID"), Line([], [], color="tab:orange", label="FID"),
+               Line([], [], color="black", marker="o", label="shared decoding"),
+               Line([], [], color="black", marker="x", linestyle=":", label="tuned decoding"),
+               Line([], [], color="black", linestyle="-.", linewidth=0.8, label="tokenizer ceiling"),
+               Line([], [], color="black", linestyle="--", linewidth=0.8, label="real data")]
     ax.set_yscale("log")
+    ax.set_yticks([10, 20, 50, 100, 200, 500, 1000], ["10", "20", "50", "100", "200", "500", "1000"])
+    ax.yaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_ylabel("lower is better")
-    ax.set_title(f"Quality at {rows[0]['train_flops']:.2g} training FLOPs", fontsize=10)
+    ax.set_title(f"FIDs at {rows[0]['train_flops']:.2g} training FLOPs", fontsize=10)
+    ax = axes[3]
+    ax.plot(vocab, [r["generated_accuracy"] for r in rows], "o-", color="tab:green", label="shared decoding")
+    ax.plot(vocab, [r["tuned_accuracy"] for r in rows], "x:", color="tab:green", label="tuned")
+    ax.axhline(rows[0]["ceiling_accuracy"], color="tab:green", linestyle="-.", linewidth=0.8, label="tokenizer ceiling")
+    ax.axhline(rows[0]["real_accuracy"], color="grey", linestyle="--", linewidth=0.8, label="real data")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("conditional accuracy (higher is better)")
+    ax.set_title("Class fidelity (domain classifier)", fontsize=10)
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xticks(vocab, [str(int(v)) for v in vocab])
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_xlabel("vocabulary size (7: no merges)")
-        ax.legend(fontsize=7)
+        if ax is not axes[2]:
+            ax.legend(fontsize=7, loc="lower left" if ax is axes[3] else "best")
+    axes[2].legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)
     fig.suptitle("BPE over the wavelet language (MNIST, haar zero-tree f = -1): vocabulary against length, "
                  "speed and quality at equal training compute", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     figures.save(fig, path)
 
 
