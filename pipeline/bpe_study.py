@@ -14,6 +14,7 @@ need no training, are measured by benchmarks/bpe_lengths.py.
 from __future__ import annotations
 
 import platform
+import re
 import subprocess
 import sys
 from datetime import date
@@ -34,21 +35,23 @@ PREFIX = "bpe-"
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
-def row_name(vocabulary: int) -> str:
-    return PREFIX + str(vocabulary or 7)
+def row_name(vocabulary: int, seed: int = 0) -> str:
+    return PREFIX + str(vocabulary or 7) + (f"-s{seed}" if seed else "")
 
 
-def overrides(vocabulary: int, budget: float) -> list[str]:
-    return PINNED + LIGHT + [f"tokenizer.bpe_vocab_size={vocabulary}", f"train.flops={budget:g}"]
+def overrides(vocabulary: int, budget: float, seed: int = 0) -> list[str]:
+    return PINNED + LIGHT + [f"tokenizer.bpe_vocab_size={vocabulary}", f"train.flops={budget:g}", f"train.seed={seed}"]
 
 
 @app.command()
 def queue(budget: float = typer.Option(BUDGET, help="training FLOPs per row"),
-          vocabularies: list[int] = typer.Option(list(VOCABULARIES), "--vocab", help="rows (0: no merges)")) -> None:
+          vocabularies: list[int] = typer.Option(list(VOCABULARIES), "--vocab", help="rows (0: no merges)"),
+          seed: int = typer.Option(0, help="train.seed; rows of other seeds than 0 are named bpe-<vocab>-s<seed>")
+          ) -> None:
     """Queue one experiment per vocabulary size (`dvc queue start` runs them)."""
     for vocabulary in vocabularies:
-        command = ["dvc", "exp", "run", "--queue", "-n", row_name(vocabulary)]
-        for override in overrides(vocabulary, budget):
+        command = ["dvc", "exp", "run", "--queue", "-n", row_name(vocabulary, seed)]
+        for override in overrides(vocabulary, budget, seed):
             command += ["-S", override]
         print(" ".join(command), flush=True)
         subprocess.run(command, check=True)
@@ -60,7 +63,7 @@ def row(exp: dict) -> dict:
     tokenized, trained = files["reports/tokenize.json"], files["reports/train/metrics.json"]
     tokens_per_s = trained["train_tokens_per_s"]
     return {
-        "vocab": tokenized["vocab_size"], "length_mean": tokenized["train"]["length_mean"],
+        "vocab": tokenized["vocab_size"], "seed": exp["params"]["train"]["seed"], "length_mean": tokenized["train"]["length_mean"],
         "length_max": tokenized["train"]["length_max"], "bits_per_image": m["likelihood"].get("test_bits_per_image"),
         "bits_per_token": m["likelihood"].get("test_bits_per_token"), "train_tokens_per_s": tokens_per_s,
         "train_images_per_s": tokens_per_s / tokenized["train"]["length_mean"],
@@ -83,11 +86,13 @@ def table(out: Path = typer.Option(Path("reports/bpe_tradeoff.md")),
           ) -> None:
     """Write the table and the figure from `dvc exp show --json`."""
     found = experiments()
-    rows = [row(found[row_name(v)]) for v in VOCABULARIES if row_name(v) in found]
+    names = [name for v in VOCABULARIES for name in sorted(found, key=lambda n: (len(n), n))
+             if re.fullmatch(re.escape(row_name(v)) + r"(-s\d+)?", name)]
+    rows = [row(found[name]) for name in names]
     if not rows:
         sys.exit("no bpe-* experiments with metrics; run `python -m pipeline.bpe_study queue` and `dvc queue start`")
     missing = [row_name(v) for v in VOCABULARIES if row_name(v) not in found]
-    header = ("| vocabulary | mean length | max length | test bits/image | bits/token | training tokens/s | "
+    header = ("| vocabulary | seed | mean length | max length | test bits/image | bits/token | training tokens/s | "
               "training images/s | sampling images/s | FID | FID, tuned | classifier-FID | classifier-FID, tuned | "
               "cond. acc. | cond. acc., tuned | training FLOPs | steps | training min |")
     first = rows[0]
@@ -101,10 +106,11 @@ def table(out: Path = typer.Option(Path("reports/bpe_tradeoff.md")),
              f"(classifier-FID {fmt(first['ceiling_classifier'])}, FID {fmt(first['ceiling_inception'])}) and real "
              f"data (classifier-FID {fmt(first['real_classifier'])}, FID {fmt(first['real_inception'])}): merges do "
              "not change the images a language can write. 'tuned': each row's best decoding setting, chosen on the "
-             "validation half of the test split.", "", header, "|" + "---|" * (header.count("|") - 1)]
+             "validation half of the test split. Rows of another `train.seed` repeat a row to show the seed-to-seed "
+             "spread.", "", header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         lines.append("| " + " | ".join([
-            str(r["vocab"] - 1 if r["vocab"] == 8 else r["vocab"]), fmt(r["length_mean"]), str(r["length_max"]),
+            str(r["vocab"] - 1 if r["vocab"] == 8 else r["vocab"]), str(r["seed"]), fmt(r["length_mean"]), str(r["length_max"]),
             fmt(r["bits_per_image"]), fmt(r["bits_per_token"], 3), fmt(r["train_tokens_per_s"], 0),
             fmt(r["train_images_per_s"]), fmt(r["sample_images_per_s"]),
             fmt(r["generated_inception"]), fmt(r["tuned_inception"]), fmt(r["generated_classifier"]),
@@ -123,7 +129,13 @@ def _figure(rows: list[dict], path: Path) -> None:
     from . import figures
 
     plt = figures.plt
-    vocab = np.array([r["vocab"] - 1 if r["vocab"] == 8 else r["vocab"] for r in rows], float)
+    repeats = [r for r in rows if r["seed"] != 0]  # other seeds: hollow markers beside the seed-0 lines
+    rows = [r for r in rows if r["seed"] == 0] or rows
+
+    def vocabulary(some: list[dict]) -> np.ndarray:
+        return np.array([r["vocab"] - 1 if r["vocab"] == 8 else r["vocab"] for r in some], float)
+
+    vocab = vocabulary(rows)
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     axes = axes.reshape(-1)
     ax = axes[0]
@@ -140,6 +152,8 @@ def _figure(rows: list[dict], path: Path) -> None:
     for key, colour in (("classifier", "tab:blue"), ("inception", "tab:orange")):
         ax.plot(vocab, [r[f"generated_{key}"] or np.nan for r in rows], "o-", color=colour)
         ax.plot(vocab, [r[f"tuned_{key}"] or np.nan for r in rows], "x:", color=colour)
+        ax.scatter(vocabulary(repeats), [r[f"generated_{key}"] or np.nan for r in repeats], facecolors="none",
+                   edgecolors=colour, zorder=3)
         for floor, style in (("ceiling", "-."), ("real", "--")):
             if rows[0][f"{floor}_{key}"] is not None:
                 ax.axhline(rows[0][f"{floor}_{key}"], color=colour, linestyle=style, linewidth=0.8)
@@ -149,7 +163,9 @@ def _figure(rows: list[dict], path: Path) -> None:
                Line([], [], color="black", marker="o", label="shared decoding"),
                Line([], [], color="black", marker="x", linestyle=":", label="tuned decoding"),
                Line([], [], color="black", linestyle="-.", linewidth=0.8, label="tokenizer ceiling"),
-               Line([], [], color="black", linestyle="--", linewidth=0.8, label="real data")]
+               Line([], [], color="black", linestyle="--", linewidth=0.8, label="real data"),
+               Line([], [], color="black", marker="o", markerfacecolor="none", linestyle="none",
+                    label="shared decoding, another seed")]
     ax.set_yscale("log")
     ax.set_yticks([10, 20, 50, 100, 200, 500, 1000], ["10", "20", "50", "100", "200", "500", "1000"])
     ax.yaxis.set_minor_formatter(plt.NullFormatter())
@@ -158,6 +174,9 @@ def _figure(rows: list[dict], path: Path) -> None:
     ax = axes[3]
     ax.plot(vocab, [r["generated_accuracy"] for r in rows], "o-", color="tab:green", label="shared decoding")
     ax.plot(vocab, [r["tuned_accuracy"] for r in rows], "x:", color="tab:green", label="tuned")
+    if repeats:
+        ax.scatter(vocabulary(repeats), [r["generated_accuracy"] for r in repeats], facecolors="none",
+                   edgecolors="tab:green", zorder=3, label="shared decoding, another seed")
     ax.axhline(rows[0]["ceiling_accuracy"], color="tab:green", linestyle="-.", linewidth=0.8, label="tokenizer ceiling")
     ax.axhline(rows[0]["real_accuracy"], color="grey", linestyle="--", linewidth=0.8, label="real data")
     ax.set_ylim(0, 1.02)

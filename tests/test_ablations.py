@@ -38,22 +38,25 @@ def test_every_row_pins_the_table_language_and_the_budget():
 def test_bpe_tradeoff_table_and_figure(tmp_path, monkeypatch):
     from pipeline import bpe_study
 
-    def experiment(vocab: int, length: float, fid: float) -> dict:
+    def experiment(vocab: int, length: float, fid: float, seed: int = 0) -> dict:
         metrics = _metrics(fid)
         metrics["likelihood"]["test_bits_per_token"] = 221.7 / length
-        return {"metrics": metrics, "files": {
+        return {"metrics": metrics, "params": {"train": {"seed": seed}}, "files": {
             "reports/metrics.json": metrics,
             "reports/tokenize.json": {"vocab_size": vocab, "train": {"length_mean": length, "length_max": 2 * length}},
             "reports/train/metrics.json": {"train_tokens_per_s": 1000.0, "steps": 500}}}
 
-    found = {"bpe-7": experiment(8, 360.0, 200.0), "bpe-256": experiment(256, 76.0, 180.0)}
+    found = {"bpe-7": experiment(8, 360.0, 200.0), "bpe-256": experiment(256, 76.0, 180.0),
+             "bpe-7-s1": experiment(8, 360.0, 210.0, seed=1), "bpe-7x": experiment(8, 1.0, 1.0)}
     monkeypatch.setattr(bpe_study, "experiments", lambda: found)
     bpe_study.table(tmp_path / "b.md", tmp_path / "b.png")
     rows = [line for line in (tmp_path / "b.md").read_text().splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| vocabulary | mean length |") and len(rows) == 3
+    assert rows[0].startswith("| vocabulary | seed | mean length |") and len(rows) == 4  # not bpe-7x
     # vocabulary 7 (8 ids with ZeroTree), its length, training images/s = tokens/s / length
-    assert rows[1].startswith("| 7 | 360.0 | 720.0 | 221.7 | 0.616 | 1,000 | 2.8 | 5.0 | 200.0 |")
-    assert rows[2].startswith("| 256 | 76.0 |") and "| 13.2 |" in rows[2]
+    assert rows[1].startswith("| 7 | 0 | 360.0 | 720.0 | 221.7 | 0.616 | 1,000 | 2.8 | 5.0 | 200.0 |")
+    assert rows[2].startswith("| 7 | 1 | 360.0 |") and "| 210.0 |" in rows[2]
+    assert rows[3].startswith("| 256 | 0 | 76.0 |") and "| 13.2 |" in rows[3]
     assert "Not run yet: bpe-64, bpe-1024, bpe-4096" in (tmp_path / "b.md").read_text()
     assert (tmp_path / "b.png").stat().st_size > 10_000
-    assert bpe_study.overrides(0, 1e13)[-2:] == ["tokenizer.bpe_vocab_size=0", "train.flops=1e+13"]
+    assert bpe_study.overrides(0, 1e13)[-3:] == ["tokenizer.bpe_vocab_size=0", "train.flops=1e+13", "train.seed=0"]
+    assert bpe_study.row_name(0, 2) == "bpe-7-s2"
