@@ -19,12 +19,11 @@ of the images) and decode to uint8 images:
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-
-import json
 
 from . import bpe, coder, grammar, wavelets
 from .coder import Encoded
@@ -369,12 +368,10 @@ class BPELanguage:
         lengths = np.array([len(i) for i in ids], np.int64)
         tokens = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        # The expansions, concatenated, are the base tokens: a merged token's first base token is
+        # the sum of the spans before it.
         spans = self.vocabulary.lengths[tokens]
-        # Each merged token's first base token: its sequence's start plus the spans before it.
-        ends = np.cumsum(spans)
-        firsts = ends - spans
-        firsts += np.repeat(encoded.offsets[:-1] - (ends[offsets[:-1] - 1] * (offsets[:-1] > 0)
-                                                    if len(tokens) else 0), lengths)
+        firsts = np.cumsum(spans) - spans
         return Encoded(tokens.astype(np.uint16), encoded.bp[firsts], encoded.i1[firsts], encoded.i2[firsts],
                        offsets, encoded.initial_exponents)
 
@@ -387,8 +384,8 @@ class BPELanguage:
         v = self.vocabulary
         spans = v.lengths[tokens]
         flat = np.repeat(v.expansion_offsets[tokens] - np.cumsum(spans) + spans, spans) + np.arange(spans.sum())
-        per_sequence = np.add.reduceat(spans, encoded.offsets[:-1]) if len(tokens) else np.zeros(len(encoded), np.int64)
-        per_sequence[encoded.lengths == 0] = 0
+        per_sequence = np.bincount(np.repeat(np.arange(len(encoded)), encoded.lengths), weights=spans,
+                                   minlength=len(encoded)).astype(np.int64)
         base_tokens = v.expansion[flat].astype(np.uint8)
         offsets = np.concatenate([[0], np.cumsum(per_sequence)]).astype(np.int64)
         positions = bpe.base_positions(base_tokens, offsets, encoded.initial_exponents, self.base.grammar)

@@ -148,3 +148,15 @@ def test_params_bounds_match_the_code():
     assert params.BPE_BASE_VOCAB == grammar.VOCAB_SIZE and params.BPE_MAX_VOCAB == bpe.MAX_VOCAB
     with pytest.raises(ValueError, match="BPE vocabulary size 8 is outside 9..65536"):
         bpe.learn(["0123"], 8)
+
+
+def test_empty_sequences_and_prefixes_expand(learned):
+    language, coeffs = learned
+    merged = language.encode(coeffs[:2])
+    one = merged.select([1])
+    # sequence 0 empty, sequence 1 whole, sequence 2 empty (an empty prefix at the end)
+    mixed = Encoded(one.tokens, one.bp, one.i1, one.i2, np.array([0, 0, len(one.tokens), len(one.tokens)]),
+                    np.repeat(one.initial_exponents, 3))
+    expanded = language.expand(mixed)
+    assert expanded.lengths[[0, 2]].tolist() == [0, 0]
+    assert np.array_equal(expanded.tokens, language.base.encode(coeffs[1:2]).tokens)
