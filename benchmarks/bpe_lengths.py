@@ -1,6 +1,6 @@
 """What BPE merges do to sequence length, and what their grammar masks cost, without training.
 
-    python benchmarks/bpe_lengths.py --raw data/raw --out reports/bpe_lengths.md
+    python benchmarks/bpe_lengths.py --raw data/raw/mnist --out reports/bpe_lengths.md
 
 For each final exponent f and vocabulary size: merges learned on the whole MNIST training split
 (as the tokenize stage does), then on the test split the mean and max length, the base tokens per
@@ -16,23 +16,24 @@ from datetime import date
 
 import numpy as np
 
-from pipeline import dwt
 from pipeline.idx import load_split
-from pipeline.language import BPELanguage, WaveletLanguage
+from pipeline.languages.bpe import BPELanguage
+from pipeline.languages.wavelet import WaveletLanguage
+from pipeline.stages import dwt
 
 MASKED_IMAGES = 200  # test images whose masks are timed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", default="data/raw")
+    parser.add_argument("--raw", default="data/raw/mnist", help="the MNIST folder the download stage wrote")
     parser.add_argument("--method", default="zerotree")
     parser.add_argument("--final-exponents", type=int, nargs="+", default=[-1, -3])
     parser.add_argument("--vocab", type=int, nargs="+", default=[0, 64, 256, 1024, 4096])
     parser.add_argument("--out", help="also write the table (markdown) here")
     args = parser.parse_args()
 
-    coeffs = {split: dwt.transform(load_split("mnist", split, args.raw)[0], "haar")[0] for split in ("train", "test")}
+    coeffs = {split: dwt.transform(load_split(args.raw, split)[0], "haar")[0] for split in ("train", "test")}
     header = ("| f | vocabulary | mean length | max length | base tokens per token | valid ids per step | "
               "learn s | mask us/token | mask ms/image |")
     lines = [f"# BPE lengths and mask cost on MNIST (haar, {args.method}; {date.today()}, {platform.machine()} CPU, "

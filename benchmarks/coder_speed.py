@@ -20,7 +20,9 @@ import numpy as np
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
-from pipeline import coder, download, dwt, grammar, idx  # noqa: E402
+from pipeline import idx  # noqa: E402
+from pipeline.languages import coder, grammar  # noqa: E402
+from pipeline.stages import download, dwt  # noqa: E402
 
 
 def best_of(repeats: int, func) -> float:
@@ -43,11 +45,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    raw_root = Path("data/raw")
-    if not (idx.raw_dir(args.dataset, raw_root) / "train_images.npy").is_file():
-        raw_root = Path(tempfile.mkdtemp())
-        download.run(args.dataset, raw_root)
-    images, _ = idx.load_split(args.dataset, "train", raw_root)
+    raw = Path(download.OUTPUTS["raw"].format(dataset=args.dataset))
+    if not (raw / "train_images.npy").is_file():
+        raw = download.run(args.dataset, raw=Path(tempfile.mkdtemp()) / args.dataset)
+    images, _ = idx.load_split(raw, "train")
     coeffs, _ = dwt.transform(images[:args.images], args.wavelet)
     language = grammar.Language(32, args.method, args.final_exponent, "per_image")
     n = len(coeffs)

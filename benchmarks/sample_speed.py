@@ -25,10 +25,11 @@ from datetime import date
 import numpy as np
 import torch
 
-from pipeline import formats, sample
+from pipeline import formats, generation
 from pipeline.devices import resolve_device
-from pipeline.language import WaveletLanguage
-from pipeline.model import WaveletGPT, WaveletGPTConfig
+from pipeline.languages.wavelet import WaveletLanguage
+from pipeline.models.transformer.network import WaveletGPT, WaveletGPTConfig
+from pipeline.models.transformer.sampler import draw_initial_exponents
 
 SHAPES = {"distilgpt2": (6, 768, 12), "small": (4, 128, 4)}
 H200_BANDWIDTH = 4.3e12  # bytes/s: the achievable HBM bandwidth the estimates in issue #11 use (4.8 peak)
@@ -68,14 +69,14 @@ def main() -> None:
     model = model_for(args, device)
     config = model.config
     labels = np.arange(args.samples) % config.n_classes
-    e0 = sample.draw_initial_exponents(model, labels, np.random.default_rng(0))
-    decoding = sample.Decoding(top_p=args.top_p, cfg_scale=args.cfg_scale)
-    sample.generate(model, labels[:8], e0[:8], decoding, seed=1, slots=8)  # warm-up
+    e0 = draw_initial_exponents(model, labels, np.random.default_rng(0))
+    decoding = generation.Decoding(top_p=args.top_p, cfg_scale=args.cfg_scale)
+    generation.generate(model, labels[:8], e0[:8], decoding, seed=1, slots=8)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
-    stats = sample.SamplingStats()
+    stats = generation.SamplingStats()
     start = time.perf_counter()
-    encoded = sample.generate(model, labels, e0, decoding, seed=0, slots=args.slots, stats=stats,
+    encoded = generation.generate(model, labels, e0, decoding, seed=0, slots=args.slots, stats=stats,
                               progress="benchmark")
     if device.type == "cuda":
         torch.cuda.synchronize()

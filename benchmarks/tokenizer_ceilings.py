@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import dwt
+from pipeline import psnr
 from pipeline.idx import load_split
-from pipeline.language import PixelLanguage, WaveletLanguage
+from pipeline.languages.pixels import PixelLanguage
+from pipeline.languages.wavelet import WaveletLanguage
 from pipeline.metrics import Scorer, class_matched, references
+from pipeline.stages import dwt
 
 DEFAULT_LANGUAGES = ["haar zeroblock 0", "haar zeroblock -1", "haar zeroblock -2", "haar zeroblock -3",
                      "haar zerotree -1", "bior4.4 zeroblock -1", "bior4.4 zeroblock -2",
@@ -45,8 +47,8 @@ def main() -> None:
     parser.add_argument("--out", help="also write the table (markdown) here")
     args = parser.parse_args()
 
-    train_images, train_labels = load_split(args.dataset, "train", args.raw)
-    test_images, test_labels = load_split(args.dataset, "test", args.raw)
+    train_images, train_labels = load_split(Path(args.raw) / args.dataset, "train")
+    test_images, test_labels = load_split(Path(args.raw) / args.dataset, "test")
     classes = np.arange(10)
     rng = np.random.default_rng(0)  # as evaluate with eval.seed 0: references first, then real images
     reference = references(test_images, test_labels, "reported", classes, args.images // 10, rng, "--images")
@@ -69,10 +71,10 @@ def main() -> None:
             coefficients[language.wavelet] = dwt.transform(train_images, language.wavelet)[0]
         lengths = language.encode(coefficients[language.wavelet]).lengths
         decoded = language.decode(language.encode_images(real))
-        mse = ((decoded / 255.0 - real / 255.0) ** 2).reshape(len(real), -1).mean(axis=1)
-        psnr = float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-20))))
+        fidelity = psnr.summary(psnr.per_image(decoded, real))  # lossless images left out of the mean
         scores, _ = scorer.score(decoded, labels)
-        line = (f"| {language.name} | {lengths.mean():.1f} | {lengths.max()} | {psnr:.1f} | "
+        db = "lossless" if fidelity["psnr_db"] is None else f"{fidelity['psnr_db']:.1f}"
+        line = (f"| {language.name} | {lengths.mean():.1f} | {lengths.max()} | {db} | "
                 f"{scores['classifier']['fid']:.1f} | {scores['inception']['fid'] or float('nan'):.1f} | "
                 f"{scores['conditional_accuracy']:.3f} |")
         lines.append(line)

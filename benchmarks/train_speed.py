@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import params, train
+from pipeline import params
 from pipeline.devices import Distributed, resolve_device
+from pipeline.models.transformer.task import TransformerTask
+from pipeline.stages import train
 
 SHAPES = {"distilgpt2": (6, 768, 12), "small": (4, 128, 4)}
 
@@ -49,7 +51,7 @@ def main() -> None:
     p = params.Params({**p._values, "model": model, "train": settings})
     device = resolve_device(args.device, p.profile)
     dist = Distributed()
-    task = train.TransformerTask(p, Path(args.tokens), device, dist)
+    task = TransformerTask(p, Path(args.tokens), device, dist)
     optimizer, schedule = train.build_optimizer(task.model, p, device, args.steps + 3)
     trained = torch.compile(task.model, dynamic=True) if args.compile else task.model
 

@@ -35,8 +35,12 @@ STAGES = {
 def run_stage(name: str, params_path: Path, device: str) -> None:
     """Validate the stage's params, run it, and turn foreseeable failures into one line."""
     try:
-        module = importlib.import_module(f"{__package__}.{name}")
+        module = importlib.import_module(f"{__package__}.stages.{name}")
         p = params_mod.load(params_path, module.PARAMS)
+        if "threads" in module.PARAMS:  # before any torch work: the figures depend on the count
+            # Reached by name, as the stages are: each stage that declares threads imports
+            # devices itself (a test checks), and the stages without torch must not depend on it.
+            importlib.import_module(f"{__package__}.devices").use_threads(p.threads)
         module.main(p, device)
     except params_mod.ParamError as error:
         print(f"error: {error}", file=sys.stderr)

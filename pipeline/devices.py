@@ -7,6 +7,8 @@ CUDA instead of quietly running for hours on the CPU; asking for the CPU explici
 from __future__ import annotations
 
 import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -32,6 +34,45 @@ def resolve_device(requested: str = "auto", profile: str | None = None, local_ra
     if name == "cpu" or (name == "auto" and not has_cuda):
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
+
+
+_interop_threads_set = False
+
+
+def use_threads(count: int) -> None:
+    """Run torch's CPU work on `count` intra-op threads (param `threads`: its CPU figures depend on
+    the count) and, once, on one inter-op thread."""
+    global _interop_threads_set
+    torch.set_num_threads(count)
+    if not _interop_threads_set:
+        _interop_threads_set = True
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # torch allows it only before its first inter-op parallel work
+            pass
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict:
+    """What a run's figures depend on besides its code, params and data: the device (the CPU's
+    kind, the GPU's name), torch's thread count and the versions of the numerical libraries."""
+    import numpy
+    import transformers
+
+    return {"device": device.type, "cpu": cpu_name(), "cpu_cores": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "transformers": transformers.__version__}
 
 
 def autocast(device: torch.device, precision: str = "bf16"):

@@ -1,5 +1,7 @@
 """The files that pass between stages, written and read (and checked) here.
 
+- DWT coefficients: `data/dwt/<split>_coeffs.npy` (N, M, M) float64 and `<split>_labels.npy`
+  (dwt -> tokenize).
 - Token shards (spec section 9): `data/tokens/<split>/part-NNNNN.parquet`, one row per image,
   and the sidecar `data/tokens/meta.json` (tokenize -> train, evaluate).
 - Samples: `data/samples/samples.parquet`, one row per generated image (sample -> evaluate).
@@ -18,12 +20,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .coder import Encoded
-from .io import InputError, read_json, require_keys
-from .bpe import MAX_VOCAB
-from .language import from_description
+from .idx import N_CLASSES
+from .io import InputError, load_labels, load_npy, read_json, require_keys
+from .languages.base import from_description
+from .languages.bpe import MAX_VOCAB
+from .languages.encoded import Encoded
 
 SEQUENCE_COLUMNS = ("tokens", "bp", "i1", "i2")
+
+
+def read_dwt(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients (N, M, M) float64 and labels (N,) int16 of one split (checked: InputError
+    names a file that is not what this stage writes)."""
+    root = Path(root)
+    coeffs = load_npy(root / f"{split}_coeffs.npy", "dwt", mmap_mode="r")
+    size = coeffs.shape[-1] if coeffs.ndim == 3 else 0
+    if coeffs.ndim != 3 or coeffs.dtype != np.float64 or coeffs.shape[1] != size or size & (size - 1) \
+            or size < 4 or not len(coeffs):
+        raise InputError(root / f"{split}_coeffs.npy", f"holds {coeffs.dtype} of shape {coeffs.shape}, not "
+                         "(N, M, M) float64 with M a power of two", "dwt")
+    return coeffs, load_labels(root / f"{split}_labels.npy", len(coeffs), N_CLASSES, "dwt")
 
 
 def token_type(vocab_size: int) -> pa.DataType:

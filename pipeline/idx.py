@@ -28,14 +28,11 @@ def parse_idx(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def raw_dir(dataset: str, root: str | Path = "data/raw") -> Path:
-    return Path(root) / dataset
-
-
-def load_split(dataset: str, split: str, root: str | Path = "data/raw") -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, H, W) uint8 and labels (N,) int16 of one split, as written by the download
-    stage (checked: InputError names a file that is not)."""
-    folder = raw_dir(dataset, root)
+def load_split(folder: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W) uint8 and labels (N,) int16 of one split, from the dataset's folder as the
+    download stage wrote it (`<folder>/<split>_images.npy`, checked: InputError names a file that
+    is not)."""
+    folder = Path(folder)
     images = load_npy(folder / f"{split}_images.npy", "download")
     if images.ndim != 3 or images.dtype != np.uint8 or not len(images):
         raise InputError(folder / f"{split}_images.npy", f"holds {images.dtype} of shape {images.shape}, "

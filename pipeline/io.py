@@ -5,6 +5,10 @@ so an interrupted or failed run never leaves a half-written output behind (and a
 leaves the previous output in place). Inputs are checked where they are read: a file that is
 missing, unreadable or not what the previous stage promised raises InputError, one line naming
 the file, what is wrong and which stage to rerun.
+
+Where they are: each stage module declares its paths once, as dvc.yaml writes them (`INPUTS`, its
+deps other than code; `OUTPUTS`, its outs, metrics and plots; `{dataset}` for `${dataset}`), and
+its `run` resolves them with `stage_paths`; tests/test_dvc_yaml.py keeps the two equal.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import numpy as np
@@ -21,6 +26,28 @@ import numpy as np
 # mkdtemp/mkstemp create private (0700/0600) paths; outputs get the usual permissions.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def stage_paths(inputs: dict[str, str], outputs: dict[str, str], overrides: dict[str, str | Path],
+                dataset: str | None = None) -> SimpleNamespace:
+    """A stage's paths as one Path attribute per name of its `inputs` and `outputs` (declared as
+    dvc.yaml writes them, `{dataset}` filled in from `dataset`); `overrides` (by name, as a test
+    passes them to `run`) replace the declared paths as given."""
+    if set(inputs) & set(outputs):
+        raise ValueError(f"paths named both input and output: {', '.join(sorted(set(inputs) & set(outputs)))}")
+    declared = {**inputs, **outputs}
+    unknown = [name for name in overrides if name not in declared]
+    if unknown:
+        raise TypeError(f"unknown path {', '.join(unknown)}; this stage's paths are {', '.join(declared)}")
+    paths = {}
+    for name, template in declared.items():
+        if name in overrides:
+            paths[name] = Path(overrides[name])
+        elif "{dataset}" in template and dataset is None:
+            raise TypeError(f"path {name} ({template}) needs the dataset")
+        else:
+            paths[name] = Path(template.format(dataset=dataset))
+    return SimpleNamespace(**paths)
 
 
 @contextmanager

@@ -24,15 +24,20 @@ import torch
 import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
-from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+from torch_fidelity.interpolate_compat_tensorflow import (
+    interpolate_bilinear_2d_like_tensorflow1x,
+)
+from torch_fidelity.metric_fid import (
+    fid_featuresdict_to_statistics,
+    fid_statistics_to_metric,
+)
 from torch_fidelity.metric_isc import isc_featuresdict_to_metric
 from torch_fidelity.metric_kid import kid_featuresdict_to_metric
 from torch_fidelity.metric_prc import prc_featuresdict_to_metric
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from . import train_classifier as classifier_mod
 from .io import InputError
+from .models import classifier as classifier_mod
 
 INCEPTION = "inception-v3-compat"
 FID_HELPER = "fid-helper-inception"

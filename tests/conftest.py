@@ -23,28 +23,29 @@ def mirror() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist_raw(tmp_path_factory, mirror) -> Path:
-    """data/raw written once by the real download stage from the mirror."""
-    from pipeline import download
+    """data/raw/mnist written once by the real download stage from the mirror."""
+    from pipeline.stages import download
 
-    root = tmp_path_factory.mktemp("raw")
+    folder = tmp_path_factory.mktemp("raw") / "mnist"
     old = os.environ.get(download.MIRROR_ENV)
     os.environ[download.MIRROR_ENV] = str(mirror)
     try:
-        download.run("mnist", root)
+        download.run("mnist", raw=folder)
     finally:
         if old is None:
             del os.environ[download.MIRROR_ENV]
         else:
             os.environ[download.MIRROR_ENV] = old
-    return root
+    return folder
 
 
 @pytest.fixture(scope="session")
 def mnist_train_coeffs(mnist_raw) -> tuple[np.ndarray, np.ndarray]:
     """Haar coefficients of the full MNIST training split, and its labels."""
-    from pipeline import dwt, idx
+    from pipeline import idx
+    from pipeline.stages import dwt
 
-    images, labels = idx.load_split("mnist", "train", mnist_raw)
+    images, labels = idx.load_split(mnist_raw, "train")
     coeffs, _ = dwt.transform(images, "haar")
     return coeffs, labels
 
@@ -75,16 +76,18 @@ def tokens(mnist_raw, tmp_path_factory) -> Path:
     that no training image has, which once crashed the final test NLL)."""
     import yaml
 
-    from pipeline import dwt, params
-    from pipeline import tokenize as tokenize_stage
+    from pipeline import params
+    from pipeline.stages import dwt
+    from pipeline.stages import tokenize as tokenize_stage
 
     root = tmp_path_factory.mktemp("tokens")
-    dwt.run("mnist", "haar", 300, mnist_raw, root / "dwt", root / "dwt.json")
+    dwt.run("mnist", "haar", 300, raw=mnist_raw, dwt=root / "dwt", metrics=root / "dwt.json")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["tokenizer"]["final_exponent"] = -1  # ~430 tokens per image keeps CPU steps quick
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     p = params.load(root / "params.yaml", tokenize_stage.PARAMS)
-    tokenize_stage.run(p, root / "dwt", root / "data" / "tokens", root / "t.json", root / "fig")
+    tokenize_stage.run(p, dwt=root / "dwt", tokens=root / "data" / "tokens", metrics=root / "t.json",
+                       length_histogram=root / "fig" / "lengths.png", progressive=root / "fig" / "progressive.png")
     return root / "data" / "tokens"
 
 

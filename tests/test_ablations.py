@@ -1,7 +1,7 @@
 """The ablation table is built from DVC's records of finished experiments."""
 from __future__ import annotations
 
-from pipeline import ablations
+from pipeline.studies import ablations
 
 
 def _metrics(fid: float, steps: int | None = None) -> dict:
@@ -36,7 +36,7 @@ def test_every_row_pins_the_table_language_and_the_budget():
 
 
 def test_bpe_tradeoff_table_and_figure(tmp_path, monkeypatch):
-    from pipeline import bpe_study
+    from pipeline.studies import bpe_study
 
     def experiment(vocab: int, length: float, fid: float, seed: int = 0) -> dict:
         metrics = _metrics(fid)

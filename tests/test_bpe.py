@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import bpe, grammar, params
-from pipeline import sample as sample_stage
-from pipeline.coder import Encoded
-from pipeline.language import BPELanguage, WaveletLanguage, from_description
-from pipeline.model import WaveletGPT, WaveletGPTConfig
+from pipeline import generation, params
+from pipeline.languages import bpe, grammar
+from pipeline.languages.base import from_description
+from pipeline.languages.bpe import BPELanguage
+from pipeline.languages.encoded import Encoded
+from pipeline.languages.wavelet import WaveletLanguage
+from pipeline.models.transformer.network import WaveletGPT, WaveletGPTConfig
+from pipeline.models.transformer.sampler import draw_initial_exponents
 
 
 @pytest.fixture(scope="module", params=[("zerotree", 256), ("zeroblock", 64)], ids=["zerotree-256", "zeroblock-64"])
@@ -133,8 +136,8 @@ def test_untrained_model_samples_are_valid_and_canonical(learned):
     model = WaveletGPT(WaveletGPTConfig.for_language(language, n_layer=1, n_embd=16, n_head=2, n_positions=1,
                                                      initial_exponent_counts=counts)).eval()
     labels = np.arange(1000) % 10
-    e0 = sample_stage.draw_initial_exponents(model, labels, np.random.default_rng(0))
-    encoded = sample_stage.generate(model, labels, e0, sample_stage.Decoding(top_p=1.0, cfg_scale=1.0), seed=0,
+    e0 = draw_initial_exponents(model, labels, np.random.default_rng(0))
+    encoded = generation.generate(model, labels, e0, generation.Decoding(top_p=1.0, cfg_scale=1.0), seed=0,
                                     slots=250)
     language.check(encoded)  # merged ids valid at their states, positions the scan's, sequences complete
     expanded = language.expand(encoded)

@@ -7,9 +7,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline import coder, dwt, grammar, idx
-from pipeline.grammar import (GROUP2X2, GROUP4X4, INSIGNIFICANT, NOW_SIGNIFICANT_POS, ZERO_TREE,
-                              Language)
+from pipeline import idx
+from pipeline.languages import coder, grammar
+from pipeline.languages.grammar import (
+    GROUP2X2,
+    GROUP4X4,
+    INSIGNIFICANT,
+    NOW_SIGNIFICANT_POS,
+    ZERO_TREE,
+    Language,
+)
+from pipeline.stages import dwt
 
 MNIST = Language(32, "zeroblock", -3, "per_image")
 
@@ -27,7 +35,7 @@ def test_mnist_train_reference_lengths(mnist_train_coeffs):
 
 def test_mnist_initial_exponents_over_all_images(mnist_train_coeffs, mnist_raw):
     train, _ = mnist_train_coeffs
-    test_images, _ = idx.load_split("mnist", "test", mnist_raw)
+    test_images, _ = idx.load_split(mnist_raw, "test")
     test, _ = dwt.transform(test_images, "haar")
     e0 = np.concatenate([MNIST.initial_exponents(train), MNIST.initial_exponents(test)])
     assert dict(zip(*np.unique(e0, return_counts=True))) == {0: 5, 1: 14780, 2: 54641, 3: 574}
@@ -35,12 +43,11 @@ def test_mnist_initial_exponents_over_all_images(mnist_train_coeffs, mnist_raw):
 
 @pytest.fixture(scope="module")
 def fashion_train_coeffs(tmp_path_factory, mirror, monkeypatch_module):
-    from pipeline import download
+    from pipeline.stages import download
 
     monkeypatch_module.setenv(download.MIRROR_ENV, str(mirror))
-    root = tmp_path_factory.mktemp("raw")
-    download.run("fashion_mnist", root)
-    images, _ = idx.load_split("fashion_mnist", "train", root)
+    folder = download.run("fashion_mnist", raw=tmp_path_factory.mktemp("raw") / "fashion_mnist")
+    images, _ = idx.load_split(folder, "train")
     return dwt.transform(images, "bior4.4")[0]
 
 
@@ -141,13 +148,13 @@ def test_round_trip_random_coefficients(coeffs, language):
 @pytest.mark.parametrize("method", ["zeroblock", "zerotree"])
 @pytest.mark.parametrize("wavelet,f", [("haar", -3), ("bior4.4", -4), ("db2", -1)])
 def test_round_trip_real_images(mnist_raw, method, wavelet, f):
-    images, _ = idx.load_split("mnist", "test", mnist_raw)
+    images, _ = idx.load_split(mnist_raw, "test")
     coeffs, _ = dwt.transform(images[:1000], wavelet)
     _check_round_trip(coeffs, Language(32, method, f, "per_image"))
 
 
 def test_positions_are_the_grammars(mnist_raw):
-    images, _ = idx.load_split("mnist", "test", mnist_raw)
+    images, _ = idx.load_split(mnist_raw, "test")
     for method in ("zeroblock", "zerotree"):
         language = Language(32, method, -3)
         encoded = coder.encode(dwt.transform(images[:8], "haar")[0], language)

@@ -13,10 +13,12 @@ from conftest import REPO
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline import params
-from pipeline import train as train_stage
-from pipeline import tune as tune_stage
 from pipeline.devices import Distributed
-from pipeline.sample import Decoding, load_sampler, sample_rows
+from pipeline.generation import Decoding, sample_rows
+from pipeline.models.samplers import load_sampler
+from pipeline.models.transformer.task import TransformerTask
+from pipeline.stages import train as train_stage
+from pipeline.stages import tune as tune_stage
 
 TINY = {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "unet_channels": [8, 16]},
         "train": {"steps": 6, "batch_size": 4, "log_every": 2, "eval_every": 3, "eval_batches": 1,
@@ -33,7 +35,7 @@ def load_params(tmp_path: Path, **groups) -> params.Params:
 
 def test_step_flops_are_what_the_counter_counts_on_the_real_batch(tmp_path, tokens):
     p = load_params(tmp_path)
-    task = train_stage.TransformerTask(p, tokens, torch.device("cpu"), Distributed())
+    task = TransformerTask(p, tokens, torch.device("cpu"), Distributed())
     for step in (0, 3):
         batch = task.batch(step)
         with FlopCounterMode(display=False) as counter:
@@ -45,7 +47,7 @@ def test_step_flops_are_what_the_counter_counts_on_the_real_batch(tmp_path, toke
 
 def test_a_flop_budget_sets_the_steps(tmp_path, tokens):
     p = load_params(tmp_path)
-    task = train_stage.TransformerTask(p, tokens, torch.device("cpu"), Distributed())
+    task = TransformerTask(p, tokens, torch.device("cpu"), Distributed())
     costs = np.cumsum([task.step_flops(s) for s in range(20)])
     budget = float((costs[11] + costs[12]) / 2)  # between 12 and 13 steps
     p = load_params(tmp_path, train={"flops": budget, "steps": 1})
@@ -59,23 +61,26 @@ def test_a_flop_budget_sets_the_steps(tmp_path, tokens):
 @pytest.fixture(scope="module")
 def pixel_tokens(mnist_raw, tmp_path_factory) -> Path:
     """data/tokens in the pixel language at 256 levels (the diffusion baseline's exact images)."""
-    from pipeline import dwt
-    from pipeline import tokenize as tokenize_stage
+    from pipeline.stages import dwt
+    from pipeline.stages import tokenize as tokenize_stage
 
     root = tmp_path_factory.mktemp("pixels")
-    dwt.run("mnist", "haar", 200, mnist_raw, root / "dwt", root / "dwt.json")
+    dwt.run("mnist", "haar", 200, raw=mnist_raw, dwt=root / "dwt", metrics=root / "dwt.json")
     p = load_params(root, tokenizer={"method": "pixels", "pixel_levels": 256})
-    tokenize_stage.run(p, root / "dwt", root / "tokens", root / "t.json", root / "fig")
+    tokenize_stage.run(p, dwt=root / "dwt", tokens=root / "tokens", metrics=root / "t.json",
+                       length_histogram=root / "fig" / "lengths.png", progressive=root / "fig" / "progressive.png")
     return root / "tokens"
 
 
 def test_diffusion_trains_counts_its_flops_and_samples_exact_pixel_sequences(tmp_path, pixel_tokens):
     p = load_params(tmp_path, model={"family": "diffusion"}, tokenizer={"method": "pixels", "pixel_levels": 256})
-    metrics = train_stage.run(p, "cpu", pixel_tokens, tmp_path / "ck", tmp_path / "model", tmp_path / "live")
+    paths = {"tokens": pixel_tokens, "checkpoints": tmp_path / "ck", "model": tmp_path / "model",
+             "metrics": tmp_path / "live/metrics.json", "plots": tmp_path / "live/plots/metrics"}
+    metrics = train_stage.run(p, "cpu", **paths)
     assert metrics["steps"] == 6 and metrics["train_flops"] > 0 and np.isfinite(metrics["test"]["mse"])
     assert json.loads((tmp_path / "model" / "diffusion.json").read_text())["family"] == "diffusion"
     # Resumable like the transformer: a rerun on the same code, params and data does nothing more.
-    again = train_stage.run(p, "cpu", pixel_tokens, tmp_path / "ck", tmp_path / "model", tmp_path / "live")
+    again = train_stage.run(p, "cpu", **paths)
     assert again["test"] == metrics["test"]
 
     sampler = load_sampler(tmp_path / "model", torch.device("cpu"))

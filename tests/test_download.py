@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline import download
+from pipeline.stages import download
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def offline(monkeypatch):
 
 
 def test_mirror_gives_verified_arrays(mnist_raw):
-    folder = mnist_raw / "mnist"
+    folder = mnist_raw
     assert sorted(p.name for p in folder.iterdir()) == [
         "test_images.npy", "test_labels.npy", "train_images.npy", "train_labels.npy"]
     train = np.load(folder / "train_images.npy")
@@ -36,20 +36,20 @@ def test_corrupted_mirror_file_is_rejected_and_nothing_left(tmp_path, mirror, mo
     content[100] ^= 1
     (bad / f"{name}.gz").write_bytes(gzip.compress(bytes(content)))
     monkeypatch.setenv(download.MIRROR_ENV, str(tmp_path / "mirror"))
-    out = tmp_path / "raw"
+    out = tmp_path / "raw" / "mnist"
     with pytest.raises(download.ChecksumError) as error:
-        download.run("mnist", out)
+        download.run("mnist", raw=out)
     message = str(error.value)
     assert name in message and download.SHA256["mnist"][name] in message
     import hashlib
     assert hashlib.sha256(bytes(content)).hexdigest() in message
-    assert not out.exists() or list(out.rglob("*")) == []
+    assert not out.exists() and (not out.parent.exists() or list(out.parent.rglob("*")) == [])
 
 
 def test_no_source_lists_what_was_tried(tmp_path, monkeypatch, offline):
     monkeypatch.setenv(download.MIRROR_ENV, str(tmp_path / "empty"))
     with pytest.raises(download.DownloadError) as error:
-        download.run("fashion_mnist", tmp_path / "raw")
+        download.run("fashion_mnist", raw=tmp_path / "raw" / "fashion_mnist")
     message = str(error.value)
     assert str(tmp_path / "empty" / "fashion-mnist") in message
     assert download.MIRROR_ENV in message
@@ -64,7 +64,8 @@ def test_uncompressed_files_and_fashion_mnist(tmp_path, mirror, monkeypatch, off
         (plain / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
     monkeypatch.delenv(download.MIRROR_ENV, raising=False)
     monkeypatch.setattr(download, "DEBIAN_DIRS", {"fashion_mnist": [str(plain)]})
-    folder = download.run("fashion_mnist", tmp_path / "raw")
+    folder = download.run("fashion_mnist", raw=tmp_path / "raw" / "fashion_mnist")
+    assert folder == tmp_path / "raw" / "fashion_mnist"
     assert np.load(folder / "test_labels.npy").shape == (10000,)
 
 

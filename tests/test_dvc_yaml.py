@@ -1,15 +1,19 @@
-"""dvc.yaml says what each stage runs and reads: its code deps are exactly the files the stage
-executes (derived from the imports of its module), and its params exactly the keys its module
-declares (the only ones it can read)."""
+"""dvc.yaml says what each stage runs, reads and writes: its code deps are exactly the files the
+stage executes (derived from the imports of its module), its params exactly the keys its module
+declares (the only ones it can read), and its other deps and its outs, metrics and plots exactly
+the paths its module declares (INPUTS and OUTPUTS, the defaults of its `run`)."""
 from __future__ import annotations
 
 import copy
 import importlib
+from pathlib import Path
 
+import pytest
 import yaml
 from conftest import REPO
 
 from pipeline import provenance
+from pipeline.io import stage_paths
 
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 
@@ -23,7 +27,7 @@ def dependency_problems(dvc_yaml: dict) -> list[str]:
         runs = set(provenance.stage_files(module))
         problems += [f"{stage}: runs {path}, not in its deps" for path in sorted(runs - listed)]
         problems += [f"{stage}: lists {path}, which it does not run" for path in sorted(listed - runs)]
-        declared = set(importlib.import_module(f"pipeline.{module}").PARAMS)
+        declared = set(importlib.import_module(provenance.stage_module(module)).PARAMS)
         params = set(spec.get("params", []))
         problems += [f"{stage}: reads param {key}, not in its params" for key in sorted(declared - params)]
         problems += [f"{stage}: lists param {key}, which it does not read" for key in sorted(params - declared)]
@@ -42,11 +46,66 @@ def test_the_check_catches_a_file_removed_from_dvc_yaml():
                                            "evaluate: reads param profile, not in its params"]
 
 
-def test_imports_inside_functions_count():
-    # evaluate reaches the classifier module; sample renders images through the wavelets module.
-    assert "pipeline/train_classifier.py" in provenance.stage_files("evaluate")
-    assert "pipeline/wavelets.py" in provenance.stage_files("sample")
-    assert "pipeline/train.py" not in provenance.stage_files("evaluate")
+def _paths(entries) -> list[str]:
+    """The paths of dvc.yaml entries (a path, or {path: options}), `${dataset}` written `{dataset}`."""
+    return [(next(iter(entry)) if isinstance(entry, dict) else entry).replace("${", "{") for entry in entries]
+
+
+def path_problems(dvc_yaml: dict) -> list[str]:
+    """Every way dvc.yaml and the stages' declared paths disagree: a stage's INPUTS against its
+    deps that are not code, its OUTPUTS against its outs, metrics and plots."""
+    problems = []
+    for stage, spec in dvc_yaml["stages"].items():
+        module = importlib.import_module(provenance.stage_module(spec["cmd"].split()[-1]))
+        if not (hasattr(module, "INPUTS") and hasattr(module, "OUTPUTS")):
+            problems.append(f"{stage}: declares no INPUTS and OUTPUTS")
+            continue
+        listed = {"input": {path for path in _paths(spec.get("deps", [])) if not path.startswith("pipeline/")},
+                  "output": set(_paths([*spec.get("outs", []), *spec.get("metrics", []), *spec.get("plots", [])]))}
+        declared = {"input": set(module.INPUTS.values()), "output": set(module.OUTPUTS.values())}
+        for kind in ("input", "output"):
+            problems += [f"{stage}: declares the {kind} {path}, not in dvc.yaml"
+                         for path in sorted(declared[kind] - listed[kind])]
+            problems += [f"{stage}: dvc.yaml lists the {kind} {path}, which it does not declare"
+                         for path in sorted(listed[kind] - declared[kind])]
+    return problems
+
+
+def test_every_stage_declares_the_paths_dvc_yaml_lists():
+    assert path_problems(DVC_YAML) == []
+
+
+def test_the_path_check_catches_a_changed_path():
+    broken = copy.deepcopy(DVC_YAML)
+    broken["stages"]["train"]["metrics"] = [{"reports/train.json": {"cache": False}}]
+    deps = broken["stages"]["evaluate"]["deps"]
+    deps[deps.index("data/tokens/meta.json")] = "data/tokens"
+    new = [problem for problem in path_problems(broken) if problem not in path_problems(DVC_YAML)]
+    assert new == ["train: declares the output reports/train/metrics.json, not in dvc.yaml",
+                   "train: dvc.yaml lists the output reports/train.json, which it does not declare",
+                   "evaluate: declares the input data/tokens/meta.json, not in dvc.yaml",
+                   "evaluate: dvc.yaml lists the input data/tokens, which it does not declare"]
+
+
+def test_stage_paths_fill_in_the_dataset_and_take_overrides_by_name(tmp_path):
+    from pipeline.stages import dwt
+
+    paths = stage_paths(dwt.INPUTS, dwt.OUTPUTS, {"metrics": tmp_path / "dwt.json"}, dataset="mnist")
+    assert (paths.raw, paths.dwt, paths.metrics) == (Path("data/raw/mnist"), Path("data/dwt"), tmp_path / "dwt.json")
+    with pytest.raises(TypeError, match="unknown path raw_root; this stage's paths are raw, dwt, metrics"):
+        dwt.run("mnist", "haar", 10, raw_root=tmp_path)
+    with pytest.raises(TypeError, match="needs the dataset"):
+        stage_paths(dwt.INPUTS, dwt.OUTPUTS, {})
+
+
+def test_imports_inside_functions_and_package_inits_count():
+    # evaluate reaches the classifier's module; the sampler loads the diffusion family lazily;
+    # importing a module of a package runs the package's __init__.py.
+    assert "pipeline/models/classifier.py" in provenance.stage_files("evaluate")
+    assert "pipeline/models/diffusion/sampler.py" in provenance.stage_files("sample")
+    assert "pipeline/models/__init__.py" in provenance.stage_files("evaluate")
+    assert "pipeline/stages/train.py" not in provenance.stage_files("evaluate")
+    assert "pipeline/generation.py" not in provenance.stage_files("train")  # sampling code does not retrain
 
 
 def test_every_stage_of_the_cli_is_in_dvc_yaml():

@@ -3,12 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import dwt, idx, wavelets
+from pipeline import formats, idx, wavelets
+from pipeline.stages import dwt
 
 
 @pytest.mark.parametrize("wavelet", ["haar", "bior4.4", "db3", "sym5", "coif2", "rbio3.1"])
 def test_round_trip_on_real_images(mnist_raw, wavelet):
-    images, _ = idx.load_split("mnist", "test", mnist_raw)
+    images, _ = idx.load_split(mnist_raw, "test")
     coeffs, worst = dwt.transform(images[:500], wavelet)
     assert coeffs.shape == (500, 32, 32) and coeffs.dtype == np.float64
     assert worst < dwt.RECONSTRUCTION_TOLERANCE
@@ -17,7 +18,7 @@ def test_round_trip_on_real_images(mnist_raw, wavelet):
 
 
 def test_haar_layout_matches_the_spec(mnist_raw):
-    images, _ = idx.load_split("mnist", "test", mnist_raw)
+    images, _ = idx.load_split(mnist_raw, "test")
     padded = wavelets.pad(images[:50])
     # Centred: rows and columns 2..29 of 32.
     assert np.array_equal(padded[:, 2:30, 2:30] * 255, images[:50])
@@ -35,8 +36,8 @@ def test_haar_layout_matches_the_spec(mnist_raw):
 
 
 def test_stage_writes_coeffs_labels_and_metrics(mnist_raw, tmp_path):
-    metrics = dwt.run("mnist", "bior4.4", 300, mnist_raw, tmp_path / "dwt", tmp_path / "dwt.json")
-    coeffs, labels = dwt.load("train", tmp_path / "dwt")
+    metrics = dwt.run("mnist", "bior4.4", 300, raw=mnist_raw, dwt=tmp_path / "dwt", metrics=tmp_path / "dwt.json")
+    coeffs, labels = formats.read_dwt(tmp_path / "dwt", "train")
     assert coeffs.shape == (300, 32, 32) and labels.shape == (300,)
     assert metrics["test"]["max_reconstruction_error"] < 1e-9
     assert (tmp_path / "dwt.json").is_file()

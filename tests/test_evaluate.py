@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import evaluate, params, train_classifier
 from pipeline import metrics as metrics_mod
-from pipeline.coder import Encoded
-from pipeline.language import WaveletLanguage
+from pipeline import params
 from pipeline.formats import read_samples, write_samples
+from pipeline.languages.encoded import Encoded
+from pipeline.languages.wavelet import WaveletLanguage
+from pipeline.stages import evaluate, train_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,12 +36,13 @@ def workspace(tmp_path_factory, mnist_raw) -> Path:
     raw["eval"].update(num_samples=100, reference_images=200, kid_subset_size=50)
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     p = params.load(root / "params.yaml", train_classifier.PARAMS)
-    train_classifier.run(p, "cpu", mnist_raw, root / "classifier", root / "classifier.json")
+    train_classifier.run(p, "cpu", raw=mnist_raw, classifier=root / "classifier", metrics=root / "classifier.json")
     # "Generated" samples: real test images 5000.., so the figures have known answers.
-    images = np.load(mnist_raw / "mnist" / "test_images.npy")[5000:5200]
-    labels = np.load(mnist_raw / "mnist" / "test_labels.npy")[5000:5200]
-    write_fake_samples(root / "samples.parquet", labels, images)
-    write_fake_samples(root / "tuned.parquet", labels, images)
+    images = np.load(mnist_raw / "test_images.npy")[5000:5200]
+    labels = np.load(mnist_raw / "test_labels.npy")[5000:5200]
+    for folder in ("samples", "tuned"):
+        (root / folder).mkdir()
+        write_fake_samples(root / folder / "samples.parquet", labels, images)
     (root / "tokens").mkdir()
     (root / "tokens" / "meta.json").write_text(json.dumps({
         "dataset": "mnist", "language": WaveletLanguage("haar", final_exponent=-1).describe(), "vocab_size": 8,
@@ -50,8 +52,7 @@ def workspace(tmp_path_factory, mnist_raw) -> Path:
     (root / "tokenize.json").write_text(json.dumps({"test": {"psnr_db": 20.0}}))
     (root / "sample.json").write_text(json.dumps({"decoding": {"top_p": 0.6}, "images_per_s": 12.5}))
     (root / "tune.json").write_text(json.dumps({"best": {"decoding": {"top_p": 1.0}}}))
-    if not (root.parent / "raw0").exists():
-        (root.parent / "raw0").symlink_to(mnist_raw)
+    (root / "raw").symlink_to(mnist_raw)
     return root
 
 
@@ -65,10 +66,12 @@ def _run(workspace, **eval_overrides):
     raw["eval"].update(eval_overrides)
     (workspace / "params.yaml").write_text(yaml.safe_dump(raw))
     p = params.load(workspace / "params.yaml", evaluate.PARAMS)
-    return evaluate.run(p, "cpu", workspace / "samples.parquet", workspace / "tuned.parquet", workspace / "classifier",
-                        workspace.parent / "raw0", workspace / "tokens", workspace / "train.json",
-                        workspace / "tokenize.json", workspace / "classifier.json", workspace / "sample.json",
-                        workspace / "tune.json", workspace / "metrics.json", workspace / "fig")
+    return evaluate.run(p, "cpu", samples=workspace / "samples", tuned=workspace / "tuned",
+                        classifier=workspace / "classifier", raw=workspace / "raw",
+                        tokens_meta=workspace / "tokens" / "meta.json", train_metrics=workspace / "train.json",
+                        tokenize_metrics=workspace / "tokenize.json", classifier_metrics=workspace / "classifier.json",
+                        sample_metrics=workspace / "sample.json", tune_metrics=workspace / "tune.json",
+                        metrics=workspace / "metrics.json", figures=workspace / "fig")
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +124,15 @@ def test_tokenizer_floor_lies_between_real_data_and_nothing(offline_metrics):
 def test_scrambled_images_score_badly(workspace, offline_metrics, monkeypatch):
     monkeypatch.setattr(metrics_mod, "fid_helper_weights", lambda: None)  # classifier figures suffice here
     metrics, _ = offline_metrics
-    samples = read_samples(workspace / "samples.parquet")
+    samples = read_samples(workspace / "samples" / "samples.parquet")
     labels, images = samples.labels, samples.images
     rng = np.random.default_rng(0)
     noisy = rng.permutation(images.reshape(len(images), -1), axis=1).reshape(images.shape)
-    write_fake_samples(workspace / "samples.parquet", labels, noisy)
+    write_fake_samples(workspace / "samples" / "samples.parquet", labels, noisy)
     try:
         bad = _run(workspace)
     finally:
-        write_fake_samples(workspace / "samples.parquet", labels, images)
+        write_fake_samples(workspace / "samples" / "samples.parquet", labels, images)
     assert bad["generated"]["conditional_accuracy"] < 0.5
     assert bad["generated"]["classifier"]["fid"] > 5 * metrics["generated"]["classifier"]["fid"]
 
@@ -158,10 +161,10 @@ def test_fid_helper_inception_fallback(workspace, offline_metrics):
 def test_a_class_subset_is_compared_with_references_of_those_classes(workspace, mnist_raw, tmp_path, monkeypatch):
     """Samples of class 3 only (real test images again) are scored against class-3 references."""
     monkeypatch.setattr(metrics_mod, "fid_helper_weights", lambda: None)
-    images = np.load(mnist_raw / "mnist" / "test_images.npy")[5000:]
-    labels = np.load(mnist_raw / "mnist" / "test_labels.npy")[5000:]
+    images = np.load(mnist_raw / "test_images.npy")[5000:]
+    labels = np.load(mnist_raw / "test_labels.npy")[5000:]
     threes = np.flatnonzero(labels == 3)[:100]
-    original = workspace / "samples.parquet"
+    original = workspace / "samples" / "samples.parquet"
     original.rename(tmp_path / "kept.parquet")
     try:
         write_fake_samples(original, labels[threes], images[threes])

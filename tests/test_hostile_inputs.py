@@ -14,11 +14,12 @@ import torch
 import yaml
 from conftest import REPO, run_stage
 
-from pipeline import formats, metrics, train_classifier
-from pipeline.coder import Encoded
+from pipeline import formats, metrics
 from pipeline.io import InputError
-from pipeline.language import WaveletLanguage
-from pipeline.model import WaveletGPT, WaveletGPTConfig
+from pipeline.languages.encoded import Encoded
+from pipeline.languages.wavelet import WaveletLanguage
+from pipeline.models import classifier
+from pipeline.models.transformer.network import WaveletGPT, WaveletGPTConfig
 
 
 def assert_one_line_error(code: int, out: str, *fragments: str) -> None:
@@ -192,7 +193,7 @@ def test_damaged_classifier_and_samples_are_named(tmp_path):
     (tmp_path / "classifier").mkdir()
     (tmp_path / "classifier" / "classifier.pt").write_bytes(b"\x00" * 10)
     with pytest.raises(InputError, match="classifier.pt: is not a readable classifier.*train_classifier"):
-        train_classifier.load(tmp_path / "classifier")
+        classifier.load(tmp_path / "classifier")
     n = 3
     empty = Encoded(*(np.zeros(n, np.uint8) for _ in range(4)), np.arange(n + 1), np.zeros(n, np.int8))
     formats.write_samples(tmp_path / "samples.parquet", np.zeros(n), empty, np.zeros((n, 20, 20), np.uint8), 8)

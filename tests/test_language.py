@@ -6,15 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import dwt, idx
-from pipeline import sample as sample_stage
-from pipeline.language import PixelLanguage, WaveletLanguage, from_description
-from pipeline.model import WaveletGPT, WaveletGPTConfig
+from pipeline import generation, idx
+from pipeline.languages.base import from_description
+from pipeline.languages.pixels import PixelLanguage
+from pipeline.languages.wavelet import WaveletLanguage
+from pipeline.models.transformer.network import WaveletGPT, WaveletGPTConfig
+from pipeline.models.transformer.sampler import draw_initial_exponents
+from pipeline.stages import dwt
 
 
 @pytest.fixture(scope="module")
 def real(mnist_raw):
-    images, labels = idx.load_split("mnist", "test", mnist_raw)
+    images, labels = idx.load_split(mnist_raw, "test")
     return images[:200], labels[:200]
 
 
@@ -79,8 +82,8 @@ def test_untrained_pixel_model_samples_are_valid_and_full_length():
     model = WaveletGPT(WaveletGPTConfig.for_language(language, n_layer=1, n_embd=16, n_head=2, n_positions=1,
                                                      initial_exponent_counts=counts)).eval()
     labels = np.arange(60) % 10
-    e0 = sample_stage.draw_initial_exponents(model, labels, np.random.default_rng(0))
-    encoded = sample_stage.generate(model, labels, e0, sample_stage.Decoding(top_p=0.9, cfg_scale=2.0), seed=0,
+    e0 = draw_initial_exponents(model, labels, np.random.default_rng(0))
+    encoded = generation.generate(model, labels, e0, generation.Decoding(top_p=0.9, cfg_scale=2.0), seed=0,
                                     slots=16)
     assert (encoded.lengths == 784).all()
     language.check(encoded)  # every position is the raster scan's

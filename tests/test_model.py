@@ -4,9 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.grammar import masks_to_bool
-from pipeline.language import WaveletLanguage
-from pipeline.model import Decoder, WaveletGPT, WaveletGPTConfig, token_nll
+from pipeline.languages.grammar import masks_to_bool
+from pipeline.languages.wavelet import WaveletLanguage
+from pipeline.models.transformer.network import (
+    Decoder,
+    WaveletGPT,
+    WaveletGPTConfig,
+    token_nll,
+)
 
 
 def _inputs(batch=3, length=40, seed=0):

@@ -2,6 +2,7 @@
 nothing written."""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,10 @@ BAD = [
     ("evaluate", {"profile": "tpu"}, "profile", "cpu, gpu"),
     ("train", {"profile": None}, "profile", "cpu, gpu"),
     ("dwt", {"trian": 5}, "trian", "no such key; known keys: profile"),
+    ("train", {"threads": 0}, "threads", "an integer >= 1"),
+    ("sample", {"threads": True}, "threads", "an integer"),
+    ("train", {"train.lr": "4e-4x"}, "train.lr", "a number"),
+    ("tokenize", {"tokenizer.bpe_vocab_size": 5}, "tokenizer.bpe_vocab_size", "0 (off), or 9..65536"),
 ]
 
 
@@ -71,10 +76,51 @@ def test_bad_value_is_refused_with_one_clear_line(tmp_path, monkeypatch, command
 def test_unknown_and_missing_keys_are_refused():
     raw = _with({"tokenizer.methd": "zerotree"})
     with pytest.raises(params.ParamError, match=r"tokenizer\.methd.*known keys"):
-        params._build(params.TokenizerParams, raw, "tokenizer")
+        params.validate("tokenizer", raw["tokenizer"])
     del raw["tokenizer"]["methd"], raw["tokenizer"]["method"]
     with pytest.raises(params.ParamError, match=r"tokenizer\.method.*missing"):
-        params._build(params.TokenizerParams, raw, "tokenizer")
+        params.validate("tokenizer", raw["tokenizer"])
+
+
+def test_a_yaml_number_without_a_dot_is_a_number_and_a_group_stays_a_dataclass():
+    from dataclasses import asdict, replace
+
+    p = params.load(REPO / "params.yaml", params.ALL_KEYS)
+    train = params.validate("train", {**DEFAULTS["train"], "lr": "4e-4"})  # YAML reads 4e-4 as a string
+    assert train.lr == 4e-4 and asdict(train)["lr"] == 4e-4
+    assert asdict(p.tune)["cfg_scales"] == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError):  # replace validates again
+        replace(p.train, lr=-1.0)
+    with pytest.raises(params.ParamError, match=r"tune\.top_ps\[1\]=0\.0 is not allowed; expected a number > 0\.0"):
+        params.validate("tune", {**DEFAULTS["tune"], "top_ps": [0.6, 0.0]})
+
+
+def test_a_stage_run_through_the_cli_uses_the_threads_param(tmp_path, monkeypatch):
+    import torch
+
+    from pipeline.stages import train
+
+    seen = []
+    monkeypatch.setattr(train, "main", lambda p, device: seen.append((p.threads, torch.get_num_threads())))
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(yaml.safe_dump(_with({"threads": 2})))
+    before = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, ["train", "--device", "cpu"])
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert seen == [(2, 2)]
+
+
+def test_the_stages_that_declare_threads_run_torch_and_the_others_do_not():
+    from pipeline import provenance
+    from pipeline.cli import STAGES
+
+    for stage in STAGES:
+        declared = "threads" in importlib.import_module(provenance.stage_module(stage)).PARAMS
+        # The CLI reaches pipeline.devices by name for these; their own imports must list it in dvc.yaml.
+        assert declared == ("pipeline.devices" in provenance.module_closure(provenance.stage_module(stage))), stage
 
 
 def compose(*overrides: str) -> dict:

@@ -9,8 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import coder, dwt, formats, params
-from pipeline import tokenize as tokenize_stage
+from pipeline import formats, params
+from pipeline.languages import coder
+from pipeline.stages import dwt
+from pipeline.stages import tokenize as tokenize_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,8 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def small_dwt(mnist_raw, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dwt")
-    dwt.run("mnist", "haar", 250, mnist_raw, out / "dwt", out / "dwt.json")
+    dwt.run("mnist", "haar", 250, raw=mnist_raw, dwt=out / "dwt", metrics=out / "dwt.json")
     return out / "dwt"
+
+
+def _outputs(folder: Path) -> dict[str, Path]:
+    """The tokenize stage's outputs under `folder`, the figures in folder/fig."""
+    return {"tokens": folder / "tokens", "metrics": folder / "tokenize.json",
+            "length_histogram": folder / "fig" / "length_histogram.png", "progressive": folder / "fig" / "progressive.png"}
 
 
 def _params(tmp_path: Path, **tokenizer) -> params.Params:
@@ -34,7 +42,7 @@ def _params(tmp_path: Path, **tokenizer) -> params.Params:
 def test_stage_writes_the_data_contract(small_dwt, tmp_path, method):
     p = _params(tmp_path, method=method, shard_size=100)
     out = tmp_path / "tokens"
-    metrics = tokenize_stage.run(p, small_dwt, out, tmp_path / "tokenize.json", tmp_path / "fig")
+    metrics = tokenize_stage.run(p, dwt=small_dwt, **_outputs(tmp_path))
     assert [path.name for path in formats.shard_paths(out, "train")] == [
         "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     schema = pq.read_schema(out / "train" / "part-00000.parquet")
@@ -43,7 +51,7 @@ def test_stage_writes_the_data_contract(small_dwt, tmp_path, method):
     for name in ("tokens", "bp", "i1", "i2"):
         assert schema.field(name).type == pa.list_(pa.uint8())
 
-    coeffs, labels = dwt.load("train", small_dwt)
+    coeffs, labels = formats.read_dwt(small_dwt, "train")
     expected = coder.encode(np.asarray(coeffs), tokenize_stage.language_for(p, np.asarray(coeffs)).grammar)
     split = formats.read_split(out, "train", check_grammar=True)
     assert np.array_equal(split.encoded.offsets, expected.offsets)
@@ -78,6 +86,6 @@ def test_failed_run_leaves_no_output(small_dwt, tmp_path, monkeypatch):
 
     monkeypatch.setattr(formats.pq, "write_table", broken)
     with pytest.raises(RuntimeError):
-        tokenize_stage.run(p, small_dwt, tmp_path / "tokens", tmp_path / "m.json", tmp_path / "fig")
-    assert not (tmp_path / "tokens").exists() and not (tmp_path / "m.json").exists()
+        tokenize_stage.run(p, dwt=small_dwt, **_outputs(tmp_path))
+    assert not (tmp_path / "tokens").exists() and not (tmp_path / "tokenize.json").exists()
     assert [x.name for x in tmp_path.iterdir()] == ["params.yaml"]

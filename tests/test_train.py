@@ -20,9 +20,10 @@ from conftest import REPO, run_stage
 from safetensors.torch import load_file
 
 from pipeline import formats, params
-from pipeline import model as model_mod
-from pipeline import train as train_stage
-from pipeline.language import from_description
+from pipeline.languages.base import from_description
+from pipeline.models.transformer import network as model_mod
+from pipeline.models.transformer.task import model_config
+from pipeline.stages import train as train_stage
 
 TINY_MODEL = {"n_layer": 1, "n_embd": 32, "n_head": 2, "dropout": 0.1}
 TINY_TRAIN = {"steps": 12, "batch_size": 8, "log_every": 2, "eval_every": 4, "eval_batches": 1,
@@ -41,6 +42,12 @@ def workdir(tmp_path: Path, tokens: Path, model=None, train=None) -> Path:
     return tmp_path
 
 
+def outputs(folder: Path) -> dict[str, Path]:
+    """The train stage's outputs under `folder`, its published curves in folder/live."""
+    return {"checkpoints": folder / "ck", "model": folder / "model",
+            "metrics": folder / "live/metrics.json", "plots": folder / "live/plots/metrics"}
+
+
 def fresh(path: Path) -> Path:
     path.mkdir(parents=True)
     return path
@@ -57,7 +64,7 @@ def same_weights(a: dict, b: dict) -> bool:
 def test_training_lowers_the_loss_and_saves_a_usable_model(tmp_path, tokens):
     cwd = workdir(tmp_path, tokens, train={"steps": 30, "lr": 3e-3})
     p = params.load(cwd / "params.yaml", train_stage.PARAMS)
-    metrics = train_stage.run(p, "cpu", cwd / "data/tokens", cwd / "ck", cwd / "model", cwd / "live")
+    metrics = train_stage.run(p, "cpu", tokens=cwd / "data/tokens", **outputs(cwd))
     curve = [float(line.split("\t")[1]) for line in (cwd / "live/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
     assert curve[-1] < curve[0] - 0.3
     summary = json.loads((cwd / "live/metrics.json").read_text())
@@ -77,7 +84,7 @@ def test_training_lowers_the_loss_and_saves_a_usable_model(tmp_path, tokens):
 def test_the_e0_table_covers_every_value_the_language_allows(tokens):
     meta = formats.read_meta(tokens)
     p = params.load(REPO / "params.yaml", train_stage.PARAMS)
-    config = train_stage.model_config(p, meta)
+    config = model_config(p, meta)
     language = from_description(meta["language"])
     assert (config.e0_min, config.e0_max) == language.e0_range == (0, 5)  # f = -1, M = 32
     seen = {int(e) for counts in meta["initial_exponent_counts"].values() for e in counts}
@@ -90,7 +97,7 @@ def test_position_and_condition_ablations_train(tmp_path, tokens, position, cond
     cwd = workdir(tmp_path, tokens, model={"position": position, "condition": condition},
                   train={"steps": 4, "grammar_mask": False})
     p = params.load(cwd / "params.yaml", train_stage.PARAMS)
-    metrics = train_stage.run(p, "cpu", cwd / "data/tokens", cwd / "ck", cwd / "model", cwd / "live")
+    metrics = train_stage.run(p, "cpu", tokens=cwd / "data/tokens", **outputs(cwd))
     assert np.isfinite(metrics["test"]["unmasked_bits_per_token"])
     config = model_mod.WaveletGPT.load(cwd / "model").config
     assert (config.position, config.condition) == (position, condition)
@@ -157,7 +164,7 @@ def test_a_code_change_after_a_finished_run_retrains(tmp_path, tokens):
     assert code == 0 and "resuming from data/checkpoints/last.pt at step 4" in out, out
     assert same_weights(first, weights(cwd / "data/model"))
 
-    model_py = code_root / "pipeline" / "model.py"
+    model_py = code_root / "pipeline" / "models" / "transformer" / "network.py"
     source = model_py.read_text()
     assert '"gelu_pytorch_tanh"' in source
     model_py.write_text(source.replace('"gelu_pytorch_tanh"', '"relu"'))  # a numerics default

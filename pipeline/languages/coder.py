@@ -1,51 +1,39 @@
 """The embedded wavelet coder: coefficient matrices to wavelet-language sequences and back.
 
-Both directions drive the scan grammar of `pipeline.grammar` (the encoder picks each token from
+Both directions drive the scan grammar of `grammar` (the encoder picks each token from
 the coefficients, the decoder checks each token against the grammar's valid ids), compiled with
 numba: a 1,200-token MNIST sequence costs a few tens of microseconds either way.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from numba import njit
 
 from . import grammar
-from .grammar import (C_CURSOR, C_DONE, C_PLANE, GROUP2X2, GROUP4X4, INSIGNIFICANT, KIND_BLOCK,
-                      KIND_GROUP, KIND_MASKS, KIND_ROOT, KIND_SIGNIFICANT, NEXT_ACCURACY0,
-                      NEXT_ACCURACY1, NOW_SIGNIFICANT_NEG, NOW_SIGNIFICANT_POS, T_COL, T_FLAT,
-                      T_PARENT, T_ROW, ZERO_TREE, Language)
-
-@dataclass
-class Encoded:
-    """A batch of sequences, stored flat: sequence j is `tokens[offsets[j]:offsets[j + 1]]`."""
-
-    tokens: np.ndarray  # uint8 token ids
-    bp: np.ndarray  # uint8 bit-plane of each token
-    i1: np.ndarray  # uint8 row of each token's coefficient (or group corner)
-    i2: np.ndarray  # uint8 column
-    offsets: np.ndarray  # int64, N + 1
-    initial_exponents: np.ndarray  # int8 e0 per sequence
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def sequence(self, j: int) -> np.ndarray:
-        return self.tokens[self.offsets[j]:self.offsets[j + 1]]
-
-    def select(self, rows) -> "Encoded":
-        """The sequences at `rows`, in that order."""
-        rows = np.asarray(rows, dtype=np.int64)
-        lengths = self.lengths[rows]
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        flat = np.repeat(self.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
-        return Encoded(self.tokens[flat], self.bp[flat], self.i1[flat], self.i2[flat], offsets,
-                       self.initial_exponents[rows])
+from .encoded import Encoded
+from .grammar import (
+    C_CURSOR,
+    C_DONE,
+    C_PLANE,
+    GROUP2X2,
+    GROUP4X4,
+    INSIGNIFICANT,
+    KIND_BLOCK,
+    KIND_GROUP,
+    KIND_MASKS,
+    KIND_ROOT,
+    KIND_SIGNIFICANT,
+    NEXT_ACCURACY0,
+    NEXT_ACCURACY1,
+    NOW_SIGNIFICANT_NEG,
+    NOW_SIGNIFICANT_POS,
+    T_COL,
+    T_FLAT,
+    T_PARENT,
+    T_ROW,
+    ZERO_TREE,
+    Language,
+)
 
 
 def _check_coefficients(coeffs: np.ndarray, language: Language) -> np.ndarray:

@@ -1,13 +1,8 @@
-"""The diffusion baseline: what a user would pick instead of the wavelet transformer.
-
-A class-conditional DDPM (diffusers' `UNet2DModel` with class embeddings and a null class for
-classifier-free guidance; epsilon prediction, 1,000 noise levels, cosine schedule), trained by
-the train stage on the images the token shards hold (with `-S family=diffusion`: pixels at 256
-levels, the data set's exact images), and sampled with DDIM (`sample.diffusion_steps` steps,
-eta 0) by the sample and tune stages. Its samples go to the same samples schema (tokens: the
-images in the pixel language) and are scored by the same evaluate code; its training FLOPs are
-counted the same way, with torch's FlopCounterMode.
-"""
+"""The train stage's view of the diffusion baseline (the same interface as the transformer's
+task): batches of noised training images, the noise-prediction loss, FLOPs counted with torch's
+FlopCounterMode, validation and the saved form (diffusers' files plus formats.DIFFUSION_MARKER).
+It trains on the images the token shards hold (with `-S family=diffusion`: pixels at 256 levels,
+the data set's exact images)."""
 from __future__ import annotations
 
 import json
@@ -16,52 +11,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
-from diffusers.utils import logging as diffusers_logging
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import formats
-from .batches import LengthBatches, class_dropout
-from .devices import Distributed, autocast
-from .io import InputError, read_json
-from .language import PixelLanguage, from_description
-from .params import Params
-from .progress import log
+from ... import formats
+from ...batches import LengthBatches, class_dropout
+from ...devices import Distributed, autocast
+from ...languages.base import from_description
+from ...languages.pixels import PixelLanguage
+from ...params import Params
+from ...progress import log
+from .network import SIZE, TIMESTEPS, build_unet, noise_schedule, to_model_space
 
-TIMESTEPS = 1000
-SIZE = 32  # images are centred in 32 x 32 (three UNet levels halve it twice)
 MARKER = formats.DIFFUSION_MARKER
-diffusers_logging.disable_progress_bar()
-
-
-def build_unet(p: Params, n_classes: int) -> UNet2DModel:
-    widths = tuple(p.model.unet_channels)
-    conditional = p.model.condition == "class"
-    return UNet2DModel(
-        sample_size=SIZE, in_channels=1, out_channels=1, block_out_channels=widths, layers_per_block=1,
-        down_block_types=("DownBlock2D",) * (len(widths) - 1) + ("AttnDownBlock2D",),
-        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (len(widths) - 1),
-        norm_num_groups=8, attention_head_dim=8, dropout=p.model.dropout,
-        num_class_embeds=n_classes + 1 if conditional else None)  # + the null class
-
-
-def noise_schedule() -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=TIMESTEPS, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
-
-
-def to_model_space(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W) uint8 -> (N, 1, 32, 32) float in [-1, 1], centred on black."""
-    n, height, width = images.shape
-    out = torch.full((n, 1, SIZE, SIZE), -1.0)
-    top, left = (SIZE - height) // 2, (SIZE - width) // 2
-    out[:, 0, top:top + height, left:left + width] = torch.from_numpy(images).float() / 127.5 - 1.0
-    return out
-
-
-def to_images(x: torch.Tensor, height: int, width: int) -> np.ndarray:
-    top, left = (SIZE - height) // 2, (SIZE - width) // 2
-    pixels = ((x[:, 0, top:top + height, left:left + width].float().clamp(-1, 1) + 1) * 127.5).round()
-    return pixels.to(torch.uint8).cpu().numpy()
 
 
 class DiffusionTask:
@@ -173,52 +134,3 @@ class DiffusionTask:
         (folder / MARKER).write_text(json.dumps({
             "family": "diffusion", "n_classes": self.n_classes, "condition": self.p.model.condition,
             "language": PixelLanguage(self.wavelet, 256, self.height, self.width).describe()}, indent=2) + "\n")
-
-
-class DiffusionSampler:
-    """DDIM sampling of a trained UNet, with classifier-free guidance; the images come back as
-    sequences of the 256-level pixel language (the samples schema), so they decode exactly."""
-
-    autoregressive = False
-
-    def __init__(self, model_dir: Path, device: torch.device):
-        info = read_json(model_dir / MARKER, "train")
-        try:
-            self.unet = UNet2DModel.from_pretrained(model_dir, low_cpu_mem_usage=False).to(device).eval()
-            self.schedule = DDIMScheduler.from_pretrained(model_dir)
-            self.language = from_description(info["language"])
-        except Exception as error:  # diffusers, safetensors and json raise many kinds for a damaged file
-            raise InputError(model_dir, f"is not a loadable diffusion model ({type(error).__name__}: "
-                             f"{' '.join(str(error).split())[:300]})", "train") from None
-        self.n_classes = info["n_classes"]
-        self.conditional = info["condition"] == "class"
-
-    @torch.no_grad()
-    def generate(self, labels: np.ndarray, rows: np.ndarray, decoding, seed: int, batch_size: int,
-                 progress: str = "", stats=None) -> list:
-        """Images for labels[rows], `batch_size` at a time; each row's starting noise comes from
-        (seed, row), so it does not depend on the batching or the process."""
-        device = next(self.unet.parameters()).device
-        guided = self.conditional and decoding.cfg_scale != 1.0
-        self.schedule.set_timesteps(decoding.diffusion_steps)
-        parts = []
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            label = torch.as_tensor(labels[chunk], device=device)
-            if guided:
-                label = torch.cat([label, torch.full_like(label, self.n_classes)])
-            x = torch.cat([torch.randn((1, 1, SIZE, SIZE), generator=torch.Generator().manual_seed(seed * 1_000_003 + int(row)))
-                           for row in chunk]).to(device)
-            for t in self.schedule.timesteps:
-                x_in = torch.cat([x, x]) if guided else x
-                with autocast(device, "bf16" if device.type == "cuda" else "fp32"):
-                    eps = self.unet(x_in, t, class_labels=label if self.conditional else None).sample.float()
-                if guided:
-                    conditional, unconditional = eps.chunk(2)
-                    eps = unconditional + decoding.cfg_scale * (conditional - unconditional)
-                x = self.schedule.step(eps, t, x, eta=0.0).prev_sample
-            images = to_images(x, self.language.image_height, self.language.image_width)
-            parts.append((chunk, self.language.encode_images(images)))
-            if progress:
-                log(f"{progress}: {min(start + batch_size, len(rows))}/{len(rows)} images")
-        return parts

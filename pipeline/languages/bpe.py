@@ -17,13 +17,26 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numba import njit
 from tokenizers import Tokenizer, models, trainers
 
 from . import grammar
-from .grammar import C_CURSOR, C_DONE, C_PLANE, T_COL, T_ROW, VOCAB_SIZE, apply, reset, valid_mask
+from .encoded import Encoded
+from .grammar import (
+    C_CURSOR,
+    C_DONE,
+    C_PLANE,
+    T_COL,
+    T_ROW,
+    VOCAB_SIZE,
+    apply,
+    reset,
+    valid_mask,
+)
+from .wavelet import WaveletLanguage
 
 BASE_ALPHABET = "".join(str(t) for t in range(VOCAB_SIZE))
 MAX_VOCAB = 1 << 16  # ids are stored as uint16
@@ -324,3 +337,121 @@ class BatchScan:
 
     def keep(self, rows) -> None:
         self.base.keep(rows)
+
+
+@dataclass(frozen=True)
+class BPELanguage:
+    """The wavelet language `base` with byte-pair merges: `tokenizer` is the learned HuggingFace
+    tokenizer (JSON) whose ids 0..7 are the base ids and whose other ids stand for runs of them.
+    A merged token sits where its first base token does; the grammar judges its whole expansion."""
+
+    base: WaveletLanguage
+    tokenizer: str
+
+    family = "bpe"
+    bit_planes = True
+
+    @cached_property
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary.of(self.tokenizer)
+
+    @cached_property
+    def _tokenizer(self) -> Tokenizer:
+        return Tokenizer.from_str(self.tokenizer)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocabulary.size
+
+    @property
+    def token_names(self) -> list[str]:
+        v = self.vocabulary
+        return self.base.token_names + [
+            "+".join(str(t) for t in v.expansion[v.expansion_offsets[i]:v.expansion_offsets[i + 1]])
+            for i in range(grammar.VOCAB_SIZE, v.size)]
+
+    wavelet = property(lambda self: self.base.wavelet)
+    size = property(lambda self: self.base.size)
+    e0_range = property(lambda self: self.base.e0_range)
+    max_planes = property(lambda self: self.base.max_planes)
+    image_height = property(lambda self: self.base.image_height)
+    image_width = property(lambda self: self.base.image_width)
+
+    @property
+    def name(self) -> str:
+        return f"{self.base.name}, BPE {self.vocab_size}"
+
+    def describe(self) -> dict:
+        return {"family": self.family, "base": self.base.describe(), "tokenizer": json.loads(self.tokenizer)}
+
+    @classmethod
+    def learn(cls, base: WaveletLanguage, coeffs: np.ndarray, vocab_size: int) -> "BPELanguage":
+        """Merges learned on the base sequences of (N, M, M) DWT coefficient matrices."""
+        encoded = base.encode(coeffs)
+        return cls(base, learn(to_strings(encoded.tokens, encoded.offsets), vocab_size))
+
+    # ----- images <-> sequences -----
+
+    def merge(self, encoded: Encoded) -> Encoded:
+        """Base sequences -> the tokenizer's merged sequences (positions of each first base token)."""
+        merged = self._tokenizer.encode_batch(to_strings(encoded.tokens, encoded.offsets))
+        ids = [np.asarray(m.ids, np.int64) for m in merged]
+        lengths = np.array([len(i) for i in ids], np.int64)
+        tokens = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        # The expansions, concatenated, are the base tokens: a merged token's first base token is
+        # the sum of the spans before it.
+        spans = self.vocabulary.lengths[tokens]
+        firsts = np.cumsum(spans) - spans
+        return Encoded(tokens.astype(np.uint16), encoded.bp[firsts], encoded.i1[firsts], encoded.i2[firsts],
+                       offsets, encoded.initial_exponents)
+
+    def expand(self, encoded: Encoded) -> Encoded:
+        """Merged sequences (or prefixes) -> base sequences; positions are the base scan's."""
+        tokens = np.asarray(encoded.tokens, np.int64)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            bad = int(np.flatnonzero((tokens < 0) | (tokens >= self.vocab_size))[0])
+            raise ValueError(f"token {tokens[bad]} at index {bad} is not an id of the vocabulary (0..{self.vocab_size - 1})")
+        v = self.vocabulary
+        spans = v.lengths[tokens]
+        flat = np.repeat(v.expansion_offsets[tokens] - np.cumsum(spans) + spans, spans) + np.arange(spans.sum())
+        per_sequence = np.bincount(np.repeat(np.arange(len(encoded)), encoded.lengths), weights=spans,
+                                   minlength=len(encoded)).astype(np.int64)
+        base_tokens = v.expansion[flat].astype(np.uint8)
+        offsets = np.concatenate([[0], np.cumsum(per_sequence)]).astype(np.int64)
+        positions = base_positions(base_tokens, offsets, encoded.initial_exponents, self.base.grammar)
+        return Encoded(base_tokens, *positions, offsets, encoded.initial_exponents)
+
+    def encode(self, coeffs: np.ndarray) -> Encoded:
+        return self.merge(self.base.encode(coeffs))
+
+    def encode_images(self, images: np.ndarray) -> Encoded:
+        return self.merge(self.base.encode_images(images))
+
+    def decode(self, encoded: Encoded) -> np.ndarray:
+        """Merges expanded first; every prefix decodes (it expands to a prefix of the base)."""
+        return self.base.decode(self.expand(encoded))
+
+    def progressive(self, encoded: Encoded, j: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+        images, names, _ = self.base.progressive(self.expand(encoded.select([j])), 0)
+        return images, names, encoded.bp[encoded.offsets[j]:encoded.offsets[j + 1]]
+
+    # ----- the grammar, for training and sampling -----
+
+    def _sequences(self, encoded: Encoded, with_valid: bool) -> np.ndarray:
+        return check_sequences(encoded.tokens, encoded.offsets, encoded.initial_exponents,
+                                   (encoded.bp, encoded.i1, encoded.i2), self.base.grammar, self.vocabulary,
+                                   with_valid)
+
+    def check(self, encoded: Encoded) -> None:
+        self._sequences(encoded, with_valid=False)
+
+    def valid_ids(self, encoded: Encoded) -> np.ndarray:
+        return self._sequences(encoded, with_valid=True)
+
+    def scan(self, initial_exponents) -> BatchScan:
+        return BatchScan(self.base.grammar, self.vocabulary, initial_exponents)
+
+    def artifacts(self) -> dict[str, str]:
+        """The tokenizer, loadable with `tokenizers.Tokenizer.from_file`."""
+        return {"tokenizer.json": self.tokenizer}

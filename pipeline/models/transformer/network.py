@@ -31,8 +31,8 @@ from transformers import GPT2Config, GPT2Model
 from transformers.models.gpt2.modeling_gpt2 import GPT2PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from .io import InputError
-from .language import from_description
+from ...io import InputError
+from ...languages.base import from_description
 
 hf_logging.disable_progress_bar()  # the stages report their own progress
 

@@ -18,17 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import figures, formats
-from .coder import Encoded
-from .devices import resolve_device
-from .idx import load_split
-from .io import write_json
-from .metrics import Scorer, class_matched, references
-from .params import Params
-from .progress import log
-from .sample import class_list, decoding_of, generate, load_sampler
+from .. import figures, formats, psnr
+from ..devices import resolve_device
+from ..generation import class_list, decoding_of, sample_rows
+from ..idx import load_split
+from ..io import stage_paths, write_json
+from ..languages.encoded import Encoded
+from ..metrics import Scorer, class_matched, references
+from ..models.samplers import load_sampler
+from ..params import Params
+from ..progress import log
 
-PARAMS = ("profile", "dataset", "sample", "complete")
+PARAMS = ("profile", "threads", "dataset", "sample", "complete")
+INPUTS = {"model": "data/model", "tokens": "data/tokens", "classifier": "data/classifier", "raw": "data/raw/{dataset}"}
+OUTPUTS = {"metrics": "reports/complete.json", "figures": "reports/complete"}
 SHOWN = 3  # images per k in the figure
 
 
@@ -42,40 +45,30 @@ def prefixes_of(encoded: Encoded, planes: int) -> Encoded:
                    np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), encoded.initial_exponents)
 
 
-def psnr(images: np.ndarray, originals: np.ndarray) -> float | None:
-    """PSNR (dB) of the mean squared error over all the images (a completion can equal its
-    original, whose own PSNR would be infinite); None when every image is its original."""
-    mse = float(((images / 255.0 - originals / 255.0) ** 2).mean())
-    return None if mse == 0 else float(10 * np.log10(1.0 / mse))
-
-
-def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/model",
-        tokens_root: str | Path = "data/tokens", classifier_dir: str | Path = "data/classifier",
-        raw_root: str | Path = "data/raw", metrics_path: str | Path = "reports/complete.json",
-        figures_dir: str | Path = "reports/complete") -> dict:
+def run(p: Params, device_name: str = "auto", **paths: str | Path) -> dict:
+    paths = stage_paths(INPUTS, OUTPUTS, paths, dataset=p.dataset)
     settings = p.complete
     device = resolve_device(device_name, p.profile)
-    sampler = load_sampler(model_dir, device)
+    sampler = load_sampler(paths.model, device)
     if not sampler.autoregressive or not sampler.language.bit_planes:
         summary = {"skipped": f"{sampler.language.name}: no bit-planes to keep (wavelet languages only)"}
-        write_json(metrics_path, summary)
-        figures_dir = Path(figures_dir)
-        figures_dir.mkdir(parents=True, exist_ok=True)
+        write_json(paths.metrics, summary)
+        paths.figures.mkdir(parents=True, exist_ok=True)
         log(f"complete: {summary['skipped']}")
         return summary
-    model, language = sampler.model, sampler.language
+    language = sampler.language
     classes = np.array(class_list(p.sample.classes, sampler.n_classes))
-    test = formats.read_split(tokens_root, "test")
+    test = formats.read_split(paths.tokens, "test")
     rng = np.random.default_rng(settings.seed)
     chosen = class_matched(test.labels, classes, max(1, settings.images // len(classes)), rng,
                            f"complete.images={settings.images}")
     real = test.encoded.select(chosen)
     labels = test.labels[chosen].astype(np.int64)
     originals = language.decode(real)  # the images as the tokenizer has them (the last plane's detail)
-    test_images, test_labels = load_split(p.dataset, "test", raw_root)
+    test_images, test_labels = load_split(paths.raw, "test")
     reference = references(test_images, test_labels, "reported", classes, len(chosen) // len(classes), rng,
                            f"complete.images={settings.images}")
-    scorer = Scorer(reference, classifier_dir, 100, kid_subset_size=len(reference) // 2,
+    scorer = Scorer(reference, paths.classifier, 100, kid_subset_size=len(reference) // 2,
                     cuda=device.type == "cuda")
     decoding = decoding_of(p.sample)
     repeat = settings.completions
@@ -83,33 +76,39 @@ def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/mode
     for planes in settings.prefix_planes:
         prefixes = prefixes_of(real, planes)
         rows = np.repeat(np.arange(len(chosen)), repeat)
-        completed = generate(model, labels[rows], real.initial_exponents[rows].astype(np.int64), decoding,
-                             seed=settings.seed * 1000 + planes, slots=p.sample.batch_size,
-                             prefixes=prefixes.select(rows))
+        # The sampler interface of sample and tune: completion r of the rows draws from stream
+        # (complete.seed, r) at every k (common random numbers make the k's comparable).
+        completed = sample_rows(sampler, labels[rows], decoding, settings.seed, p.sample.batch_size,
+                                prefixes=prefixes.select(rows))
         images = language.decode(completed)
         prefix_images = language.decode(prefixes)
         scores, _ = scorer.score(images, labels[rows])
-        spread = images.reshape(len(chosen), repeat, -1).astype(np.float64).std(axis=1).mean() / 255.0
-        results[str(planes)] = {
-            "prefix_tokens_mean": float(prefixes.lengths.mean()),
-            "whole_prefix_share": float((prefixes.lengths == real.lengths).mean()),  # nothing left to write
-            "psnr_prefix_db": psnr(prefix_images, originals),
-            "psnr_completion_db": psnr(images, originals[rows]),
-            "completion_spread": float(spread),
-            "classifier_fid": scores["classifier"]["fid"], "fid": scores["inception"]["fid"],
-            "conditional_accuracy": scores["conditional_accuracy"],
-            "completed_sequences": int(len(rows)),
-        }
-        db = {key: "identical" if value is None else f"{value:.2f} dB"
-              for key, value in results[str(planes)].items() if key.startswith("psnr")}
-        log(f"complete k={planes}: PSNR prefix {db['psnr_prefix_db']}, completions {db['psnr_completion_db']}, "
-            f"classifier-FID {scores['classifier']['fid']:.1f}")
+        results[str(planes)] = _figures_of_k(prefixes, real, prefix_images, images, originals, rows, scores, repeat)
+        log(f"complete k={planes}: PSNR prefix {psnr.describe(results[str(planes)]['prefix'])}, completions "
+            f"{psnr.describe(results[str(planes)]['completion'])}, classifier-FID {scores['classifier']['fid']:.1f}")
         shown.append((planes, prefix_images[:SHOWN], images.reshape(len(chosen), repeat, *images.shape[1:])[:SHOWN]))
     summary = {"per_prefix_planes": results, "images": int(len(chosen)), "completions_per_image": repeat,
                "decoding": asdict(decoding), "extractor": scorer.inception_name}
-    write_json(metrics_path, summary)
-    _figure(originals[:SHOWN], shown, Path(figures_dir) / "completions.png")
+    write_json(paths.metrics, summary)
+    _figure(originals[:SHOWN], shown, paths.figures / "completions.png")
     return summary
+
+
+def _figures_of_k(prefixes: Encoded, real: Encoded, prefix_images: np.ndarray, images: np.ndarray,
+                  originals: np.ndarray, rows: np.ndarray, scores: dict, repeat: int) -> dict:
+    """The figures of one k: prefix length, PSNR of the prefixes and of the completions to the
+    tokenized originals, how much completions of one image differ, and the image-set scores."""
+    spread = images.reshape(-1, repeat, *images.shape[1:]).astype(np.float64).std(axis=1).mean() / 255.0
+    return {
+        "prefix_tokens_mean": float(prefixes.lengths.mean()),
+        "whole_prefix_share": float((prefixes.lengths == real.lengths).mean()),  # nothing left to write
+        "prefix": psnr.summary(psnr.per_image(prefix_images, originals)),
+        "completion": psnr.summary(psnr.per_image(images, originals[rows])),
+        "completion_spread": float(spread),
+        "classifier_fid": scores["classifier"]["fid"], "fid": scores["inception"]["fid"],
+        "conditional_accuracy": scores["conditional_accuracy"],
+        "completed_sequences": int(len(rows)),
+    }
 
 
 def _figure(originals: np.ndarray, shown: list, path: Path) -> None:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import wavelets
-from .idx import N_CLASSES, SPLITS, load_split
-from .io import InputError, atomic_dir, load_labels, load_npy, write_json
-from .progress import log, track
+from .. import wavelets
+from ..idx import SPLITS, load_split
+from ..io import atomic_dir, stage_paths, write_json
+from ..progress import log, track
 
 PARAMS = ("dataset", "wavelet", "dwt")
+INPUTS = {"raw": "data/raw/{dataset}"}
+OUTPUTS = {"dwt": "data/dwt", "metrics": "reports/dwt.json"}
 RECONSTRUCTION_TOLERANCE = 1e-9
 CHUNK = 4096
 
@@ -33,12 +35,12 @@ def transform(images: np.ndarray, wavelet: str) -> tuple[np.ndarray, float]:
     return coeffs, worst
 
 
-def run(dataset: str, wavelet: str, limit: int | None, raw_root: str | Path = "data/raw",
-        out: str | Path = "data/dwt", metrics_path: str | Path = "reports/dwt.json") -> dict:
+def run(dataset: str, wavelet: str, limit: int | None, **paths: str | Path) -> dict:
+    paths = stage_paths(INPUTS, OUTPUTS, paths, dataset=dataset)
     metrics: dict = {"dataset": dataset, "wavelet": wavelet}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(paths.dwt) as tmp:
         for split in SPLITS:
-            images, labels = load_split(dataset, split, raw_root)
+            images, labels = load_split(paths.raw, split)
             images, labels = images[:limit], labels[:limit]
             coeffs, worst = transform(images, wavelet)
             if not worst < RECONSTRUCTION_TOLERANCE:
@@ -54,21 +56,8 @@ def run(dataset: str, wavelet: str, limit: int | None, raw_root: str | Path = "d
                 "max_abs_coefficient": float(np.abs(coeffs).max()),
             }
             log(f"{split}: {len(images)} images, reconstruction error {worst:.2e}")
-    write_json(metrics_path, metrics)
+    write_json(paths.metrics, metrics)
     return metrics
-
-
-def load(split: str, root: str | Path = "data/dwt") -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients (N, M, M) float64 and labels (N,) int16 of one split (checked: InputError
-    names a file that is not what this stage writes)."""
-    root = Path(root)
-    coeffs = load_npy(root / f"{split}_coeffs.npy", "dwt", mmap_mode="r")
-    size = coeffs.shape[-1] if coeffs.ndim == 3 else 0
-    if coeffs.ndim != 3 or coeffs.dtype != np.float64 or coeffs.shape[1] != size or size & (size - 1) \
-            or size < 4 or not len(coeffs):
-        raise InputError(root / f"{split}_coeffs.npy", f"holds {coeffs.dtype} of shape {coeffs.shape}, not "
-                         "(N, M, M) float64 with M a power of two", "dwt")
-    return coeffs, load_labels(root / f"{split}_labels.npy", len(coeffs), N_CLASSES, "dwt")
 
 
 def main(p, device: str) -> None:

@@ -18,15 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .idx import SPLITS, parse_idx, raw_dir
-from .io import atomic_dir
-from .progress import log
+from ..idx import SPLITS, parse_idx
+from ..io import atomic_dir, stage_paths
+from ..progress import log
 
 MIRROR_ENV = "WAVELET_DATA_MIRROR"
 
 # Folder name of each dataset in a mirror, and the canonical public sources (in order of preference).
 MIRROR_FOLDER = {"mnist": "mnist", "fashion_mnist": "fashion-mnist"}
 PARAMS = ("dataset",)
+INPUTS: dict[str, str] = {}
+OUTPUTS = {"raw": "data/raw/{dataset}"}
 PUBLIC_URLS = {
     "mnist": [
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -153,9 +155,10 @@ def fetch_verified(dataset: str, name: str) -> bytes:
     )
 
 
-def run(dataset: str, out_root: str | Path = "data/raw") -> Path:
-    """Write `<out_root>/<dataset>/{train,test}_{images,labels}.npy`; nothing is left on failure."""
-    final = raw_dir(dataset, out_root)
+def run(dataset: str, **paths: str | Path) -> Path:
+    """Write `{train,test}_{images,labels}.npy` into the folder `raw` (data/raw/<dataset>); nothing
+    is left on failure."""
+    final = stage_paths(INPUTS, OUTPUTS, paths, dataset=dataset).raw
     with atomic_dir(final) as tmp:
         for split in SPLITS:
             images = parse_idx(fetch_verified(dataset, FILES[f"{split}_images"]))

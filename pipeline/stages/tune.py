@@ -17,17 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import figures
-from .devices import resolve_device
-from .formats import write_samples
-from .idx import load_split
-from .io import atomic_dir, write_json
-from .metrics import Scorer, references
-from .params import Params
-from .progress import log
-from .sample import Decoding, class_list, decoding_of, load_sampler, sample_rows
+from .. import figures
+from ..devices import resolve_device
+from ..formats import write_samples
+from ..generation import Decoding, class_list, decoding_of, sample_rows
+from ..idx import load_split
+from ..io import atomic_dir, stage_paths, write_json
+from ..metrics import Scorer, references
+from ..models.samplers import load_sampler
+from ..params import Params
+from ..progress import log
 
-PARAMS = ("profile", "dataset", "sample", "tune")
+PARAMS = ("profile", "threads", "dataset", "sample", "tune")
+INPUTS = {"model": "data/model", "classifier": "data/classifier", "raw": "data/raw/{dataset}"}
+OUTPUTS = {"tuned": "data/tuned", "metrics": "reports/tune.json", "figures": "reports/tune"}
 FEATURE_BATCH = 200
 
 
@@ -39,18 +42,16 @@ def decoding_grid(sampler, base: Decoding, settings) -> list[Decoding]:
     return [replace(base, cfg_scale=g, diffusion_steps=s) for g, s in itertools.product(guidance, settings.diffusion_steps)]
 
 
-def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/model",
-        classifier_dir: str | Path = "data/classifier", raw_root: str | Path = "data/raw",
-        out: str | Path = "data/tuned", metrics_path: str | Path = "reports/tune.json",
-        figures_dir: str | Path = "reports/tune") -> dict:
+def run(p: Params, device_name: str = "auto", **paths: str | Path) -> dict:
+    paths = stage_paths(INPUTS, OUTPUTS, paths, dataset=p.dataset)
     settings = p.tune
     device = resolve_device(device_name, p.profile)
-    sampler = load_sampler(model_dir, device)
+    sampler = load_sampler(paths.model, device)
     classes = np.array(class_list(p.sample.classes, sampler.n_classes))
-    test_images, test_labels = load_split(p.dataset, "test", raw_root)
+    test_images, test_labels = load_split(paths.raw, "test")
     reference = references(test_images, test_labels, "validation", classes, settings.reference_per_class,
                            np.random.default_rng(settings.seed), f"tune.reference_per_class={settings.reference_per_class}")
-    scorer = Scorer(reference, classifier_dir, FEATURE_BATCH, kid_subset_size=len(reference) // 2,
+    scorer = Scorer(reference, paths.classifier, FEATURE_BATCH, kid_subset_size=len(reference) // 2,
                     cuda=device.type == "cuda", inception=False)
     labels = np.repeat(classes, settings.per_class)
     grid = decoding_grid(sampler, decoding_of(p.sample), settings)
@@ -67,13 +68,13 @@ def run(p: Params, device_name: str = "auto", model_dir: str | Path = "data/mode
     log(f"tune: best {_describe(best_decoding, sampler)}; sampling {p.sample.per_class} per class with it")
     full_labels = np.repeat(classes, p.sample.per_class)
     encoded = sample_rows(sampler, full_labels, best_decoding, p.sample.seed, p.sample.batch_size, progress="tune")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(paths.tuned) as tmp:
         write_samples(tmp / "samples.parquet", full_labels, encoded, sampler.language.decode(encoded),
                       sampler.language.vocab_size)
     summary = {"grid": results, "best": best, "selected_by": "lowest classifier-FID against the validation half of "
                f"the test split ({len(reference)} images, {settings.per_class} samples per class and setting)"}
-    write_json(metrics_path, summary)
-    _figure(results, sampler, Path(figures_dir) / "grid.png")
+    write_json(paths.metrics, summary)
+    _figure(results, sampler, paths.figures / "grid.png")
     return summary
 
 

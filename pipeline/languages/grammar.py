@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
-
 import numpy as np
 from numba import njit
 

@@ -1,0 +1,60 @@
+"""The domain classifier: a small CNN whose penultimate layer gives classifier-FID/KID, whose
+logits give classifier-IS and the conditional accuracy of samples. The train_classifier stage
+fits it; the metrics load it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..io import InputError
+
+
+class DigitClassifier(nn.Module):
+    """Two conv blocks and a 128-d penultimate layer, for 28 x 28 grey images in [0, 1]."""
+
+    def __init__(self, n_classes: int = 10, width: int = 32):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(2 * width * 7 * 7, 128), nn.ReLU(),
+        )
+        self.dropout = nn.Dropout(0.3)
+        self.out = nn.Linear(128, n_classes)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, 28, 28) in [0, 1] -> penultimate features (B, 128) and logits (B, n_classes)."""
+        penultimate = self.features(images)
+        return penultimate, self.out(self.dropout(penultimate))
+
+
+def to_input(images: np.ndarray | torch.Tensor, device) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1]."""
+    return torch.as_tensor(np.asarray(images), device=device).float().div(255.0)[:, None]
+
+
+@torch.no_grad()
+def predict(model: DigitClassifier, images: np.ndarray, device, batch_size: int = 1000) -> np.ndarray:
+    model.eval()
+    return np.concatenate([model(to_input(images[i:i + batch_size], device))[1].argmax(1).cpu().numpy()
+                           for i in range(0, len(images), batch_size)]) if len(images) else np.zeros(0, int)
+
+
+def load(path: str | Path, device="cpu") -> DigitClassifier:
+    """The train_classifier stage's model, or InputError naming what cannot be read."""
+    path = Path(path) / "classifier.pt"
+    if not path.is_file():
+        raise InputError(path, "does not exist", "train_classifier")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        model = DigitClassifier(state["n_classes"], state["width"])
+        model.load_state_dict(state["weights"])
+    except Exception as error:  # torch raises many kinds for a damaged file
+        raise InputError(path, f"is not a readable classifier ({type(error).__name__}: {error})",
+                         "train_classifier") from None
+    return model.to(device).eval()

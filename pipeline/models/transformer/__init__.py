@@ -1,0 +1,2 @@
+"""The wavelet transformer: network (GPT-2 blocks, wavelet positions, KV-cached decoder), training
+task and sampler."""
