@@ -149,6 +149,7 @@ METRIC_GROUPS = {
     "tokenizer": {"language", "test_psnr_db"}, "classifier": {"test_accuracy"},
     "compute": {"train_flops", "train_minutes", "sample_images_per_s"},
     "counts": {"generated", "real_train", "reference_test", "classes"}, "extractors": {"inception", "classifier"},
+    "environment": {"device", "cpu", "cpu_cores", "gpu", "threads", "python", "torch", "numpy", "transformers"},
 }
 INCEPTION = {"fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "isc_mean", "isc_std"}
 
