@@ -70,3 +70,7 @@ def queue(systems: list[str] = typer.Option(list(SYSTEMS), "--system", help="sys
             command += ["-S", override]
         print(" ".join(command), flush=True)
         subprocess.run(command, check=True)
+
+
+if __name__ == "__main__":
+    app()
