@@ -1,7 +1,8 @@
 """The rate-quality frontier of token languages, before any model: tokens per image against the
 tokenizer's ceiling (what real images score after a round trip through the language), for the
-pixel language at 2, 4 and 8 levels, the haar zero-tree language at f = -1, -2, -3, and BPE over
-each of those at 64, 256 and 1024 ids.
+pixel language at 2, 4 and 8 levels, the haar zero-tree language at f = -1, -2, -3 with BPE over
+each of those at 64, 256 and 1024 ids, and at per-level final exponents (coarse to fine: finer
+planes for the coarse levels) with BPE 256 over each.
 
     python benchmarks/frontier.py --raw data/raw/mnist --classifier data/classifier \\
         --out reports/frontier.md --figure reports/frontier.png
@@ -33,6 +34,8 @@ from pipeline.stages import dwt
 PIXEL_LEVELS = (2, 4, 8)
 FINAL_EXPONENTS = (-1, -2, -3)
 BPE_SIZES = (64, 256, 1024)
+PER_LEVEL_EXPONENTS = ((-3, -3, -2, -1), (-3, -2, -2, -1), (-2, -2, -1, -1), (-3, -3, -3, -2))
+PER_LEVEL_BPE_SIZES = (256,)
 METRICS = (("classifier_fid", "classifier-FID"), ("fid", "FID"))
 
 
@@ -50,18 +53,27 @@ def measure(raw: Path, classifier: Path, images: int) -> tuple[list[dict], dict,
                      **ceiling(language, real, labels, scorer)})
         print(rows[-1], flush=True)
     for f in FINAL_EXPONENTS:
-        base = WaveletLanguage("haar", "zerotree", f)
-        figures_of_base = ceiling(base, real, labels, scorer)
-        rows.append({"name": base.name, "family": "zero-tree", "tokens": float(base.encode(coeffs["test"]).lengths.mean()),
-                     **figures_of_base})
-        print(rows[-1], flush=True)
-        for size in BPE_SIZES:
-            language = BPELanguage.learn(base, coeffs["train"], size)
-            rows.append({"name": f"{base.name}, BPE {size}", "family": f"zero-tree + BPE {size}",
-                         "tokens": float(language.encode(coeffs["test"]).lengths.mean()), **figures_of_base})
-            print(rows[-1], flush=True)
+        rows += zero_tree_rows(f, "zero-tree", BPE_SIZES, coeffs, real, labels, scorer)
+    for f in PER_LEVEL_EXPONENTS:
+        rows += zero_tree_rows(f, "zero-tree per level", PER_LEVEL_BPE_SIZES, coeffs, real, labels, scorer)
     real_floor = {"classifier_fid": floor["classifier"]["fid"], "fid": floor["inception"]["fid"]}
     return rows, real_floor, scorer.inception_name
+
+
+def zero_tree_rows(f, family: str, bpe_sizes, coeffs: dict, real, labels, scorer) -> list[dict]:
+    """The haar zero-tree language of final exponent f (one, or one per level) and BPE over it at
+    each size: their rows (a BPE language's ceiling is its base's)."""
+    base = WaveletLanguage("haar", "zerotree", f)
+    figures_of_base = ceiling(base, real, labels, scorer)
+    rows = [{"name": base.name, "family": family, "tokens": float(base.encode(coeffs["test"]).lengths.mean()),
+             **figures_of_base}]
+    print(rows[-1], flush=True)
+    for size in bpe_sizes:
+        language = BPELanguage.learn(base, coeffs["train"], size)
+        rows.append({"name": f"{base.name}, BPE {size}", "family": f"{family} + BPE {size}",
+                     "tokens": float(language.encode(coeffs["test"]).lengths.mean()), **figures_of_base})
+        print(rows[-1], flush=True)
+    return rows
 
 
 def on_frontier(rows: list[dict], metric: str) -> list[bool]:

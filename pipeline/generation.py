@@ -123,11 +123,13 @@ def guide(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) 
     return unconditional + scale * (conditional - unconditional)
 
 
-def guided_step(decoder: Decoder, prev, bp, i1, i2, e0, labels, null_class: int, scale: float) -> torch.Tensor:
+def guided_step(decoder: Decoder, prev, bp, i1, i2, e0, labels, null_class: int, scale: float,
+                context=None) -> torch.Tensor:
     """Next-token logits (B, V) under guidance: the decoder's rows are the B sequences twice,
     first with their classes (conditional), then with the null class (unconditional)."""
     twice = [torch.cat([a, a]) for a in (prev, bp, i1, i2, e0)]
-    logits = decoder.step(*twice, torch.cat([labels, torch.full_like(labels, null_class)])).float()
+    context = None if context is None else torch.cat([context, context])
+    logits = decoder.step(*twice, torch.cat([labels, torch.full_like(labels, null_class)]), context).float()
     conditional, unconditional = logits.chunk(2)
     return guide(conditional, unconditional, scale)
 
@@ -148,9 +150,11 @@ class ContinuousBatch:
         self.device = next(model.parameters()).device
         self.to_device = _Host(self.device)
         self.guided = decoding.cfg_scale != 1.0 and self.config.condition == "class"
+        self.language = model.language
+        self.context = model.uses_context  # the model reads scan-state features of each next token
         width = min(slots, len(labels))
         self.slot_seq = np.full(width, -1)  # the sequence in each slot (-1: none)
-        self.scan = model.language.scan(np.full(width, e0[0]))
+        self.scan = self.language.scan(np.full(width, e0[0]))
         self.decoder = Decoder(model, 2 * width if self.guided else width, cache_capacity(model))
         self.prev = np.full(width, self.config.start_token)
         self.made = np.zeros(len(labels), dtype=np.int64)  # tokens of each sequence so far, prefix included
@@ -186,6 +190,9 @@ class ContinuousBatch:
         if not len(rows):
             return
         inputs = np.zeros((4, len(rows), int(lengths.max())), np.int64)
+        context = np.zeros((len(rows), int(lengths.max()), len(self.config.context_sizes)), np.int64)
+        prefixes = self.prefixes.select(seqs)
+        features = self.language.context(prefixes) if self.context else None
         for r, (slot, j) in enumerate(zip(rows, seqs)):
             part = slice(self.prefixes.offsets[j], self.prefixes.offsets[j + 1])
             tokens = self.prefixes.tokens[part].astype(np.int64)
@@ -194,15 +201,17 @@ class ContinuousBatch:
             self.records.append((np.full(len(tokens), j), np.arange(len(tokens)), tokens, *positions))
             inputs[0, r, 0], inputs[0, r, 1:len(tokens)] = self.config.start_token, tokens[:-1]
             inputs[1:, r, :len(tokens)] = positions
+            if self.context:
+                context[r, :len(tokens)] = features[prefixes.offsets[r]:prefixes.offsets[r + 1]]
             self.prev[slot] = tokens[-1]
         self.made[seqs] = lengths
-        prev, bp, i1, i2 = (torch.as_tensor(a, device=self.device) for a in inputs)
+        prev, bp, i1, i2, context = (torch.as_tensor(a, device=self.device) for a in (*inputs, context))
         e0, label = self.to_device(self.e0[seqs], self.labels[seqs])
         if self.guided:
-            prev, bp, i1, i2, e0 = (torch.cat([a, a]) for a in (prev, bp, i1, i2, e0))
+            prev, bp, i1, i2, e0, context = (torch.cat([a, a]) for a in (prev, bp, i1, i2, e0, context))
             label = torch.cat([label, torch.full_like(label, self.config.null_class)])
         self.decoder.prefill(torch.as_tensor(self._decoder_rows(rows), device=self.device), prev, bp, i1, i2, e0,
-                             label, np.tile(lengths, 2 if self.guided else 1))
+                             label, np.tile(lengths, 2 if self.guided else 1), context if self.context else None)
 
     def retire(self) -> None:
         """Once nothing is pending, drop the finished rows (when they are an eighth or more)."""
@@ -217,9 +226,11 @@ class ContinuousBatch:
     def _logits(self, live: np.ndarray, seq: np.ndarray, bp, i1, i2) -> torch.Tensor:
         e0 = np.where(live, self.e0[seq], self.config.e0_min)
         inputs = self.to_device(self.prev, bp, i1, i2, e0, self.labels[seq])
+        # A finished row's scan gives zeros: valid ids for an empty slot's ignored step.
+        context = torch.as_tensor(self.language.scan_context(self.scan), device=self.device) if self.context else None
         if self.guided:
-            return guided_step(self.decoder, *inputs, self.config.null_class, self.decoding.cfg_scale)
-        return self.decoder.step(*inputs).float()
+            return guided_step(self.decoder, *inputs, self.config.null_class, self.decoding.cfg_scale, context)
+        return self.decoder.step(*inputs, context).float()
 
     def step(self) -> np.ndarray:
         """One token for every live row; returns the rows whose sequence has ended."""

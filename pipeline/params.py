@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import ConfigDict, Field, TypeAdapter, WrapValidator, model_validator
+from pydantic import (
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    WrapValidator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 from pydantic.functional_validators import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError, ValidationError
@@ -29,10 +37,15 @@ FAMILIES = ("transformer", "diffusion")  # model.family: the wavelet transformer
 PROFILES = ("cpu", "gpu")  # conf/profile/<name>.yaml
 POSITIONS = ("wavelet", "sequence", "both")  # what tells the model where a token sits
 CONDITIONS = ("class", "none")
+CONTEXTS = ("none", "scan")  # scan: the model also sees scan-state features (languages/context.py)
 # BPE vocabulary bounds: more ids than the wavelet language's 8 (pipeline.languages.grammar.VOCAB_SIZE), at
 # most what uint16 holds (pipeline.languages.bpe.MAX_VOCAB); kept here so that loading params stays light,
 # and equal to those by a test.
 BPE_BASE_VOCAB, BPE_MAX_VOCAB = 8, 1 << 16
+# Decomposition levels of the 32 x 32 coefficient matrices of both datasets' 28 x 28 images: how many
+# per-level values tokenizer.final_exponent takes (pipeline.languages.grammar.Language(32).levels, equal
+# by a test).
+FINAL_EXPONENT_LEVELS = 4
 
 
 class ParamError(ValueError):
@@ -92,6 +105,25 @@ TopP = Annotated[Number, Field(gt=0.0, le=1.0)]  # 1: off
 Guidance = Annotated[Number, Field(ge=0.0)]  # 0: unconditional, 1: no guidance, > 1: guidance
 DiffusionSteps = Annotated[int, Field(ge=1, le=1000)]  # DDIM steps within the 1000 of training
 NonEmpty = Annotated[list[T], Field(min_length=1)]
+# Below 2^-12 the planes stop carrying information for 8-bit images, and above 2^3 the first plane
+# (threshold 8 for uniform thresholds) is already the last.
+FinalExponent = Annotated[int, Field(ge=-12, le=3)]
+
+
+def _per_level(values: list[int]) -> list[int]:
+    if len(values) != FINAL_EXPONENT_LEVELS or values != sorted(values):
+        _refuse(f"an integer -12..3, or a list of {FINAL_EXPONENT_LEVELS} of them, one per decomposition level "
+                "from coarse to fine, non-decreasing (a coarse level keeps planes at least as fine as a finer one)")
+    return values
+
+
+# One final exponent, or one per level. A tagged union, so that an error is the chosen member's
+# alone; its tags are in the error's `loc`, not keys of params.yaml (`_param_error` drops them).
+_UNION_TAGS = ("one", "per_level")
+FinalExponents = Annotated[
+    Annotated[FinalExponent, Tag("one")]
+    | Annotated[list[FinalExponent], AfterValidator(_per_level), Tag("per_level")],
+    Discriminator(lambda value: "per_level" if isinstance(value, list) else "one")]
 
 _group = dataclass(frozen=True, config=ConfigDict(extra="forbid", strict=True))
 
@@ -112,9 +144,8 @@ class DwtParams:
 @_group
 class TokenizerParams:
     method: Literal[TOKENIZER_METHODS]
-    # Below 2^-12 the planes stop carrying information for 8-bit images, and above 2^3 the
-    # first plane (threshold 8 for uniform thresholds) is already the last.
-    final_exponent: Annotated[int, Field(ge=-12, le=3)]
+    # One f, or one per decomposition level coarse to fine (pipeline.languages.grammar)
+    final_exponent: FinalExponents
     initial_threshold: Literal[INITIAL_THRESHOLDS]
     pixel_levels: Annotated[int, Field(ge=2, le=256)]
     shard_size: Count
@@ -140,6 +171,7 @@ class ModelParams:
     dropout: Annotated[Number, Field(ge=0.0, le=0.9)]
     position: Literal[POSITIONS]
     condition: Literal[CONDITIONS]
+    context: Literal[CONTEXTS]
     # The UNet's widths per level: multiples of 8 for its group norm, and at most 3 levels
     # (32 x 32 images halve at each level but the last).
     unet_channels: Annotated[NonEmpty[Annotated[int, Field(ge=8, multiple_of=8)]], Field(max_length=3)]
@@ -148,6 +180,8 @@ class ModelParams:
     def _heads(self):
         if self.n_embd % self.n_head:
             _refuse(f"a multiple of model.n_head={self.n_head}", "n_embd")
+        if self.family == "diffusion" and self.context != "none":
+            _refuse("none with model.family diffusion (context features are the transformer's)", "context")
         return self
 
 
@@ -255,7 +289,8 @@ def _param_error(key: str, error: ValidationError) -> ParamError:
     ctx.update(kind="a number" if isinstance(bound, float) else "an integer",  # float bounds are written 0.0
                choices=", ".join(re.findall(r"'([^']*)'", str(ctx.get("expected", "")))),
                known=", ".join(sorted(f.name for f in fields(GROUPS[key]))) if key in GROUPS else "")
-    dotted = key + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    dotted = key + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc
+                           if part not in _UNION_TAGS)
     allowed = _ALLOWED[first["type"]].format(**ctx) if first["type"] in _ALLOWED else first["msg"]
     return ParamError(dotted, value, allowed)
 

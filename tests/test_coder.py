@@ -119,11 +119,19 @@ def test_an_image_below_the_last_threshold_is_canonical(method, peak):
 # ----- round trips -----
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150)
+# One final exponent, or one per level (coarse to fine, non-decreasing).
+final_exponents = st.one_of(st.integers(-6, 1),
+                            st.lists(st.integers(-6, 1), min_size=4, max_size=4).map(sorted).map(tuple))
 languages = st.builds(Language, st.just(32), st.sampled_from(["zeroblock", "zerotree"]),
-                      st.integers(-6, 1), st.sampled_from(["per_image", "uniform"]))
+                      final_exponents, st.sampled_from(["per_image", "uniform"]))
 # Dyadic values and exact zeros make the ties and zero regions that real images have.
 elements = st.one_of(st.floats(-16, 16, allow_nan=False), st.sampled_from([0.0, 0.0, 0.25, -0.5, 1.0, 2.0, -4.0]))
 matrices = hnp.arrays(np.float64, (32, 32), elements=elements)
+
+
+def final_exponent_matrix(language: Language) -> np.ndarray:
+    """(M, M): the final exponent of each coefficient's level."""
+    return grammar.scan_to_matrix(language.final_exponents[language.level][None].astype(np.float64), language)[0]
 
 
 def _check_round_trip(coeffs: np.ndarray, language: Language) -> None:
@@ -131,10 +139,10 @@ def _check_round_trip(coeffs: np.ndarray, language: Language) -> None:
     decoded = coder.decode_batch(encoded.tokens, encoded.offsets, encoded.initial_exponents, language)
     assert np.array_equal(decoded, approx), "encoder and decoder approximations differ"
     error = np.abs(coeffs - decoded)
-    f = language.final_exponent
+    f = np.broadcast_to(final_exponent_matrix(language), error.shape)
     assert (error < 2.0**f).all()
     uncovered = decoded != 0
-    assert (error[uncovered] <= 2.0 ** (f - 1)).all()
+    assert (error[uncovered] <= 2.0 ** (f[uncovered] - 1)).all()
     again = coder.encode(decoded, language)
     assert np.array_equal(again.tokens, encoded.tokens) and np.array_equal(again.offsets, encoded.offsets)
 
@@ -172,11 +180,14 @@ def test_positions_are_the_grammars(mnist_raw):
 
 @pytest.mark.parametrize("language", [Language(32, "zeroblock", -2), Language(32, "zerotree", -2),
                                       Language(32, "zeroblock", -1, "uniform"),
-                                      Language(32, "zerotree", 0, "uniform")], ids=str)
+                                      Language(32, "zerotree", 0, "uniform"),
+                                      Language(32, "zeroblock", (-3, -2, -2, -1)),
+                                      Language(32, "zerotree", (-3, -2, -2, -1)),
+                                      Language(32, "zerotree", (-2, -1, 0, 0), "uniform")], ids=str)
 def test_random_canonical_sequences_decode_and_reencode(language):
     rng = np.random.default_rng(0)
     batch = 200
-    low = language.final_exponent + 1
+    low = language.min_final_exponent + 1
     e0 = rng.integers(low, low + 4, batch) if language.initial_threshold == "per_image" else \
         np.full(batch, language.m - 1)
     scan = grammar.BatchScan(language, e0)
@@ -228,7 +239,7 @@ def test_invalid_token_names_position_token_and_valid_ids():
 @given(st.lists(st.integers(-1, 9), max_size=400), st.integers(-3, 3), languages)
 def test_fuzzed_sequences_decode_or_raise_value_error(ids, e0, language):
     if language.initial_threshold == "per_image":
-        e0 = max(e0, language.final_exponent + 1)
+        e0 = max(e0, language.min_final_exponent + 1)
     else:
         e0 = language.m - 1
     try:

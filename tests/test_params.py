@@ -41,6 +41,8 @@ BAD = [
     ("download", {"dataset": "fashion-mnist"}, "dataset", "fashion_mnist"),
     ("tokenize", {"tokenizer.method": "zero-tree"}, "tokenizer.method", "zeroblock, zerotree"),
     ("tokenize", {"tokenizer.final_exponent": -20}, "tokenizer.final_exponent", ">= -12"),
+    ("tokenize", {"tokenizer.final_exponent": [-3, -2, -1]}, "tokenizer.final_exponent", "a list of 4 of them"),
+    ("tokenize", {"tokenizer.final_exponent": [-1, -2, -2, -3]}, "tokenizer.final_exponent", "non-decreasing"),
     ("train", {"model.n_embd": 130}, "model.n_embd", "multiple of model.n_head=4"),
     ("train", {"model.position": "rope"}, "model.position", "wavelet, sequence, both"),
     ("train", {"train.lr": -1.0}, "train.lr", "> 0.0"),
@@ -80,6 +82,16 @@ def test_unknown_and_missing_keys_are_refused():
     del raw["tokenizer"]["methd"], raw["tokenizer"]["method"]
     with pytest.raises(params.ParamError, match=r"tokenizer\.method.*missing"):
         params.validate("tokenizer", raw["tokenizer"])
+
+
+def test_final_exponent_is_one_integer_or_one_per_level():
+    tokenizer = DEFAULTS["tokenizer"]
+    assert params.validate("tokenizer", {**tokenizer, "final_exponent": -3}).final_exponent == -3
+    per_level = params.validate("tokenizer", {**tokenizer, "final_exponent": [-3, -2, -2, -1]})
+    assert per_level.final_exponent == [-3, -2, -2, -1]
+    with pytest.raises(params.ParamError, match=r"tokenizer\.final_exponent\[1\]=-20 is not allowed; expected an "
+                                                r"integer >= -12$"):
+        params.validate("tokenizer", {**tokenizer, "final_exponent": [-3, -20, -2, -1]})
 
 
 def test_a_yaml_number_without_a_dot_is_a_number_and_a_group_stays_a_dataclass():

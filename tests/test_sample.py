@@ -104,13 +104,15 @@ def test_same_seed_same_samples():
     assert not np.array_equal(runs[0].tokens, other.tokens)
 
 
-@pytest.mark.parametrize("method,decoding", [("zeroblock", generation.Decoding()),
-                                             ("zerotree", generation.Decoding(cfg_scale=2.0, top_p=0.8))])
-def test_continuous_batching_yields_what_one_row_at_a_time_yields(method, decoding):
+@pytest.mark.parametrize("method,decoding,context", [
+    ("zeroblock", generation.Decoding(), "none"), ("zerotree", generation.Decoding(cfg_scale=2.0, top_p=0.8), "none"),
+    ("zerotree", generation.Decoding(cfg_scale=2.0, top_p=0.8), "scan")])
+def test_continuous_batching_yields_what_one_row_at_a_time_yields(method, decoding, context):
     """Every sequence draws from its own random stream, so neither the number of slots nor the
-    order in which sequences take them changes a sample. (fp64, so that the logits of a row do
-    not move in the last bit with the batch shape.)"""
-    model = untrained(method).double()
+    order in which sequences take them changes a sample; with context features, each row reads
+    its own scan's. (fp64, so that the logits of a row do not move in the last bit with the
+    batch shape.)"""
+    model = untrained(method, context=context).double()
     labels = np.arange(24) % 10
     e0 = draw_initial_exponents(model, labels, np.random.default_rng(0))
     alone = [generation.generate(model, labels[j:j + 1], e0[j:j + 1], decoding, seed=3, sequence_ids=[j], slots=1)
@@ -125,13 +127,14 @@ def test_continuous_batching_yields_what_one_row_at_a_time_yields(method, decodi
     assert np.array_equal(reversed_run.select(order).tokens, together.tokens)
 
 
-def test_completions_keep_their_prefixes_and_stay_canonical(mnist_raw):
+@pytest.mark.parametrize("context", ["none", "scan"])
+def test_completions_keep_their_prefixes_and_stay_canonical(mnist_raw, context):
     """Real images' first bit-planes as prefixes (prefilled in one pass): the model writes the
     rest, and every completion is a valid, canonical sequence that starts with its prefix."""
     from pipeline import idx
     from pipeline.stages import dwt
 
-    model = untrained()
+    model = untrained(context=context)
     language = model.language
     images, labels = idx.load_split(mnist_raw, "test")
     real = language.encode(dwt.transform(images[:30], "haar")[0])

@@ -16,6 +16,9 @@ representation of the images) and decodes to uint8 images:
   so fewer, richer tokens per image;
 - the pixel language (`pixels`, the baseline without wavelets): raster-order intensities
   quantised to a few levels, every id valid everywhere, every sequence height x width long.
+
+The wavelet and BPE languages also give the model context features read off their scan state
+(`context`: what the decoder already knows where the next token is written).
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ class TokenLanguage(Protocol):
 
     family: str
     bit_planes: bool  # sequences run coarse to fine, plane by plane (completion keeps the first k)
+    has_context: bool  # its scan state gives context features: it has `context` and `scan_context`
     wavelet: str
     vocab_size: int
     token_names: list[str]
@@ -69,6 +73,10 @@ class TokenLanguage(Protocol):
     def check(self, encoded: Encoded) -> None: ...
     def valid_ids(self, encoded: Encoded) -> np.ndarray: ...
     def scan(self, initial_exponents) -> Scan: ...
+    # Where has_context: (tokens, 4) features in front of each token, (rows, 4) of each row's next
+    # token (`languages.context`).
+    def context(self, encoded: Encoded) -> np.ndarray: ...
+    def scan_context(self, scan: Scan) -> np.ndarray: ...
     def artifacts(self) -> dict[str, str]: ...
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 from tokenizers import Tokenizer, models, trainers
 
-from . import grammar
+from . import context, grammar
 from .encoded import Encoded
 from .grammar import (
     C_CURSOR,
@@ -183,8 +183,8 @@ def _apply_expansion(table, approx, marks, counters, b, token, expansion, expans
 
 
 @njit(cache=True)
-def _sequences(table, approx, marks, counters, tokens, offsets, e0, bp, i1, i2, method, final_exponent,
-               plane0_uncovers, expansion, expansion_offsets, children, token_at, has_children,
+def _sequences(table, approx, marks, counters, tokens, offsets, e0, bp, i1, i2, method, plane0_uncovers,
+               expansion, expansion_offsets, children, token_at, has_children,
                s_approx, s_marks, s_counters, stack, valid):
     """Check merged sequences (and, if `valid` has a row per token, fill each row with the ids
     valid in front of that token). Returns (-1, 0, 0), or (sequence, index, reason): 1 an id whose
@@ -193,7 +193,7 @@ def _sequences(table, approx, marks, counters, tokens, offsets, e0, bp, i1, i2, 
     walk = valid.shape[0] > 0
     positions = len(bp) > 0
     for j in range(len(e0)):
-        reset(approx, marks, counters, 0, e0[j], method, final_exponent, plane0_uncovers)
+        reset(table, approx, marks, counters, 0, e0[j], method, plane0_uncovers)
         for i in range(offsets[j], offsets[j + 1]):
             k = counters[0, C_CURSOR]
             if positions and not counters[0, C_DONE] and (
@@ -250,7 +250,7 @@ def check_sequences(tokens, offsets, initial_exponents, positions, language: gra
     valid = np.zeros((len(tokens) if with_valid else 0, vocabulary.size), np.bool_)
     j, index, reason = _sequences(
         language.table, *grammar.new_state(language, 1), tokens, offsets, e0, bp, i1, i2, language.method_id,
-        language.final_exponent, int(language.plane0_uncovers), vocabulary.expansion, vocabulary.expansion_offsets,
+        int(language.plane0_uncovers), vocabulary.expansion, vocabulary.expansion_offsets,
         vocabulary.children, vocabulary.token_at, vocabulary.has_children, *vocabulary.scratch(language), valid)
     if j >= 0:
         where = offsets[j] + index
@@ -264,11 +264,10 @@ def check_sequences(tokens, offsets, initial_exponents, positions, language: gra
 
 
 @njit(cache=True)
-def _positions(table, approx, marks, counters, tokens, offsets, e0, method, final_exponent, plane0_uncovers,
-               bp, i1, i2):
+def _positions(table, approx, marks, counters, tokens, offsets, e0, method, plane0_uncovers, bp, i1, i2):
     """The scan's position of every base token; -1, or the sequence of the first refused token."""
     for j in range(len(e0)):
-        reset(approx, marks, counters, 0, e0[j], method, final_exponent, plane0_uncovers)
+        reset(table, approx, marks, counters, 0, e0[j], method, plane0_uncovers)
         for i in range(offsets[j], offsets[j + 1]):
             if not (valid_mask(table, marks, counters, 0, True) >> tokens[i]) & 1:
                 return j
@@ -283,7 +282,7 @@ def base_positions(tokens, offsets, initial_exponents, language: grammar.Languag
     tokens, offsets, e0 = language.check_sequences(tokens, offsets, initial_exponents)
     bp, i1, i2 = (np.zeros(len(tokens), np.uint8) for _ in range(3))
     bad = _positions(language.table, *grammar.new_state(language, 1), tokens, offsets, e0, language.method_id,
-                     language.final_exponent, int(language.plane0_uncovers), bp, i1, i2)
+                     int(language.plane0_uncovers), bp, i1, i2)
     if bad >= 0:
         raise ValueError(f"sequence {bad}: its expansion is not a valid path of the grammar (canonical form)")
     return bp, i1, i2
@@ -350,6 +349,7 @@ class BPELanguage:
 
     family = "bpe"
     bit_planes = True
+    has_context = True
 
     @cached_property
     def vocabulary(self) -> Vocabulary:
@@ -451,6 +451,14 @@ class BPELanguage:
 
     def scan(self, initial_exponents) -> BatchScan:
         return BatchScan(self.base.grammar, self.vocabulary, initial_exponents)
+
+    def context(self, encoded: Encoded) -> np.ndarray:
+        """(tokens, 4): a merged token takes the scan-state features of its first base token."""
+        spans = self.vocabulary.lengths[np.asarray(encoded.tokens, np.int64)]
+        return self.base.context(self.expand(encoded))[np.cumsum(spans) - spans]
+
+    def scan_context(self, scan: BatchScan) -> np.ndarray:
+        return context.of_scan(scan.base)
 
     def artifacts(self) -> dict[str, str]:
         """The tokenizer, loadable with `tokenizers.Tokenizer.from_file`."""

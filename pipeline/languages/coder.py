@@ -14,6 +14,7 @@ from .encoded import Encoded
 from .grammar import (
     C_CURSOR,
     C_DONE,
+    C_LIMIT,
     C_PLANE,
     GROUP2X2,
     GROUP4X4,
@@ -60,36 +61,45 @@ def _check_coefficients(coeffs: np.ndarray, language: Language) -> np.ndarray:
     return coeffs
 
 
+@njit(cache=True, inline="always")
+def _subtree_max(table, magnitude, limit, out):
+    """Largest magnitude in each zero-tree subtree, over the coefficients a plane visits (scan
+    indices below `limit`)."""
+    out[:limit] = magnitude[:limit]
+    for k in range(limit - 1, -1, -1):  # children come after their parents in scan order
+        parent = table[T_PARENT, k]
+        if parent >= 0:
+            out[parent] = max(out[parent], out[k])
+
+
 @njit(cache=True)
-def _encode_one(table, approx, marks, counters, scratch, a, e0, method, final_exponent,
-                plane0_uncovers, out_tokens, out_bp, out_i1, out_i2, start):
+def _encode_one(table, approx, marks, counters, scratch, a, e0, method, plane0_uncovers,
+                out_tokens, out_bp, out_i1, out_i2, start):
     n = len(a)
     magnitude, subtree_max, group_max, block_max = scratch[0], scratch[1], scratch[2], scratch[3]
-    # Largest magnitude inside each group, block and zero-tree subtree, to decide group tokens.
+    # Largest magnitude inside each group and block, to decide group tokens (zero-tree subtrees:
+    # per plane, over what it visits).
     group_max[:] = 0.0
     block_max[:] = 0.0
     for k in range(n):
         magnitude[k] = abs(a[table[T_FLAT, k]])
-        subtree_max[k] = magnitude[k]
     if method == 0:
         for k in range(n):
             group_max[k // 4] = max(group_max[k // 4], magnitude[k])
             block_max[k // 16] = max(block_max[k // 16], magnitude[k])
-    else:
-        for k in range(n - 1, -1, -1):  # children come after their parents in scan order
-            parent = table[T_PARENT, k]
-            if parent >= 0:
-                subtree_max[parent] = max(subtree_max[parent], subtree_max[k])
 
-    grammar.reset(approx, marks, counters, 0, e0, method, final_exponent, plane0_uncovers)
+    grammar.reset(table, approx, marks, counters, 0, e0, method, plane0_uncovers)
     i = start
-    plane, threshold = -1, 0.0
+    plane, limit, threshold = -1, -1, 0.0
     while not counters[0, C_DONE]:
         k = counters[0, C_CURSOR]
         kind = grammar.kind_at(table, marks, counters, 0)
         if counters[0, C_PLANE] != plane:
             plane = counters[0, C_PLANE]
             threshold = grammar.threshold_of(counters, 0)
+            if method == 1 and counters[0, C_LIMIT] != limit:  # the plane visits other levels
+                limit = counters[0, C_LIMIT]
+                _subtree_max(table, magnitude, limit, subtree_max)
         if magnitude[k] >= threshold:
             token = NOW_SIGNIFICANT_POS if a[table[T_FLAT, k]] > 0 else NOW_SIGNIFICANT_NEG
         else:
@@ -112,13 +122,13 @@ def _encode_one(table, approx, marks, counters, scratch, a, e0, method, final_ex
 
 
 @njit(cache=True)
-def _encode_batch(table, approx, marks, counters, coeffs, e0, method, final_exponent,
-                  plane0_uncovers, out_tokens, out_bp, out_i1, out_i2, offsets, final_approx):
+def _encode_batch(table, approx, marks, counters, coeffs, e0, method, plane0_uncovers,
+                  out_tokens, out_bp, out_i1, out_i2, offsets, final_approx):
     scratch = np.zeros((4, table.shape[1]))
     for j in range(len(e0)):
         offsets[j + 1] = _encode_one(
-            table, approx, marks, counters, scratch, coeffs[j], e0[j], method, final_exponent,
-            plane0_uncovers, out_tokens, out_bp, out_i1, out_i2, offsets[j])
+            table, approx, marks, counters, scratch, coeffs[j], e0[j], method, plane0_uncovers,
+            out_tokens, out_bp, out_i1, out_i2, offsets[j])
         if len(final_approx):
             grammar.store_matrix(table, approx, 0, final_approx[j])
 
@@ -138,8 +148,7 @@ def encode(coeffs: np.ndarray, language: Language, return_approximation: bool = 
     offsets = np.zeros(n + 1, dtype=np.int64)
     approx = np.zeros((n if return_approximation else 0, language.n_coefficients))
     _encode_batch(language.table, *grammar.new_state(language, 1), coeffs.reshape(n, -1), e0,
-                  language.method_id, language.final_exponent, int(language.plane0_uncovers),
-                  *buffers, offsets, approx)
+                  language.method_id, int(language.plane0_uncovers), *buffers, offsets, approx)
     tokens, bp, i1, i2 = (buf[:offsets[-1]] for buf in buffers)
     encoded = Encoded(tokens, bp, i1, i2, offsets, e0.astype(np.int8))
     if return_approximation:
@@ -148,12 +157,11 @@ def encode(coeffs: np.ndarray, language: Language, return_approximation: bool = 
 
 
 @njit(cache=True)
-def _decode_batch(table, approx, marks, counters, tokens, offsets, e0, method, final_exponent,
-                  plane0_uncovers, out):
+def _decode_batch(table, approx, marks, counters, tokens, offsets, e0, method, plane0_uncovers, out):
     """Replay each sequence; returns (-1, -1, 0) or (sequence, index, reason) of the first error
     (reason 1: token after the end of the last plane, 2: token not valid at its place)."""
     for j in range(len(e0)):
-        grammar.reset(approx, marks, counters, 0, e0[j], method, final_exponent, plane0_uncovers)
+        grammar.reset(table, approx, marks, counters, 0, e0[j], method, plane0_uncovers)
         for i in range(offsets[j], offsets[j + 1]):
             if counters[0, C_DONE]:
                 return j, i - offsets[j], 1
@@ -173,7 +181,7 @@ def decode_batch(tokens: np.ndarray, offsets: np.ndarray, initial_exponents, lan
     state = grammar.new_state(language, 1)
     out = np.zeros((len(e0), language.n_coefficients))
     j, i, reason = _decode_batch(language.table, *state, tokens, offsets, e0, language.method_id,
-                                 language.final_exponent, int(language.plane0_uncovers), out)
+                                 int(language.plane0_uncovers), out)
     if j >= 0:
         _raise_decode_error(tokens[offsets[j]:offsets[j + 1]], int(e0[j]), i, reason, language, j)
     return out.reshape(len(e0), language.size, language.size)

@@ -15,6 +15,14 @@ aligned run of 4, and a Group4x4 / Group2x2 token simply jumps the cursor 16 / 4
 Zero-tree (3.2.2): the same units, each in raster order; a ZeroTree token marks its subtree, and
 the cursor skips marked descendants later in the same plane.
 
+Per-level final exponents (an extension of the contract; one int f is the contract's case): the
+final exponent may be one value per decomposition level, coarse to fine and non-decreasing, as
+JPEG 2000 truncates each subband by its rate-distortion slope. Level 0 is LL and the coarsest
+details (scan indices 0..15), level l the details of side 2^(l+1) (indices 4^(l+1)..4^(l+2)-1). A
+plane of threshold 2^t visits only the levels with f <= t, which, as the scan runs coarse to fine,
+is a prefix of the scan: the plane ends at its `limit`, and a zero-tree subtree counts only the
+coefficients the plane visits (one row of subtree sizes per deepest visited level).
+
 Canonical form (section 6): what the encoder can emit. A block or group that dissolves, a root
 that emits Insignificant instead of ZeroTree, and (per-image thresholds) plane 0 each oblige an
 uncovering (NowSignificant) among the coefficients they hold. The state counts, per open
@@ -56,16 +64,21 @@ _NOW_SIGNIFICANT = (1 << NOW_SIGNIFICANT_NEG) | (1 << NOW_SIGNIFICANT_POS)
 #   approx   float64 (B, K)      the approximation a~ of each coefficient, in scan order
 #   marks    int64   (B, 3, K)   per coefficient: flags, plane of a zero-tree skip, open need
 #   counters int64   (B, N_COUNTERS)
-# and a language is one table, int64 (5, K): row, column, flat index row * M + column, zero-tree
-# parent, subtree size.
+# and a language is one table, int64 (6 + levels, K): row, column, flat index row * M + column,
+# zero-tree parent, level, final exponent of the level, then per deepest visited level d the size
+# of each subtree cut at level d.
 MAX_E0 = 1024  # frexp's exponent of the largest finite float64: the threshold table's end
 _POW2_OFFSET = 1100  # ... and its start: 2^-1100, below any threshold a valid language reaches
 M_FLAGS, M_SKIP, M_NEED = range(3)
-F_SIGNIFICANT, F_SUBTREE_SIGNIFICANT, F_BLOCK_DISSOLVED, F_GROUP_DISSOLVED = 1, 2, 4, 8
+F_SIGNIFICANT, F_BLOCK_DISSOLVED, F_GROUP_DISSOLVED = 1, 2, 4
+# Shifted left by a level: a descendant at that level is significant (a zero-tree root needs none
+# among the levels its plane visits).
+F_DESCENDANT_SIGNIFICANT = 8
+# C_LIMIT: the current plane ends at this scan index; C_DEPTH: the deepest level it visits.
 (C_PLANE, C_CURSOR, C_PLANES, C_E0, C_NEED_PLANE, C_NEED_BLOCK, C_NEED_GROUP, C_DONE,
- C_METHOD, C_PLANE0_UNCOVERS) = range(10)
-N_COUNTERS = 10
-T_ROW, T_COL, T_FLAT, T_PARENT, T_SUBTREE = range(5)
+ C_METHOD, C_PLANE0_UNCOVERS, C_LIMIT, C_DEPTH) = range(12)
+N_COUNTERS = 12
+T_ROW, T_COL, T_FLAT, T_PARENT, T_LEVEL, T_FINAL, T_SUBTREE = range(7)
 
 
 def mask_to_ids(mask: int) -> list[int]:
@@ -79,11 +92,12 @@ def masks_to_bool(masks: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Language:
-    """One wavelet language: coefficient matrix size, scan method and plane settings."""
+    """One wavelet language: coefficient matrix size, scan method and plane settings. The final
+    exponent is one int, or one per decomposition level (coarse to fine, non-decreasing)."""
 
     size: int = 32  # M
     method: str = "zeroblock"
-    final_exponent: int = -3
+    final_exponent: int | tuple[int, ...] = -3
     initial_threshold: str = "per_image"
 
     def __post_init__(self):
@@ -91,12 +105,40 @@ class Language:
             raise ValueError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
         if self.size < 4 or self.size & (self.size - 1):
             raise ValueError(f"size {self.size} is not a power of two >= 4")
-        if not -_POW2_OFFSET < self.final_exponent < MAX_E0:
-            raise ValueError(f"final exponent {self.final_exponent} is outside {1 - _POW2_OFFSET}..{MAX_E0 - 1}")
+        if isinstance(self.final_exponent, (list, tuple, np.ndarray)):  # a tuple keeps the language hashable
+            object.__setattr__(self, "final_exponent", tuple(int(f) for f in self.final_exponent))
+        self._check_final_exponents()
+
+    def _check_final_exponents(self) -> None:
+        f, lo, hi = self.final_exponent, 1 - _POW2_OFFSET, MAX_E0 - 1
+        values = f if isinstance(f, tuple) else (f,)
+        if isinstance(f, tuple) and len(f) != self.levels:
+            raise ValueError(f"final exponent {f} has {len(f)} values; a {self.size} x {self.size} matrix has "
+                             f"{self.levels} decomposition levels: give one integer, or {self.levels} (coarse to fine)")
+        if any(not lo <= v <= hi for v in values):
+            raise ValueError(f"final exponent {f} is outside {lo}..{hi}")
+        if list(values) != sorted(values):
+            raise ValueError(f"final exponent {f} decreases; per-level values run coarse to fine and must not "
+                             "decrease (a coarse level keeps at least as fine planes as a finer one)")
 
     @property
     def m(self) -> int:
         return int(self.size).bit_length() - 1
+
+    @property
+    def levels(self) -> int:
+        """Decomposition levels: LL with the coarsest details, then one per finer detail side."""
+        return self.m - 1
+
+    @property
+    def final_exponents(self) -> np.ndarray:
+        """The final exponent of each level, coarse to fine."""
+        return np.broadcast_to(np.asarray(self.final_exponent, np.int64), (self.levels,))
+
+    @property
+    def min_final_exponent(self) -> int:
+        """The last plane's threshold exponent (the coarsest level's)."""
+        return int(self.final_exponents.min())
 
     @property
     def n_coefficients(self) -> int:
@@ -152,40 +194,60 @@ class Language:
         return parent
 
     @cached_property
-    def subtree_size(self) -> np.ndarray:
-        """Coefficients in each coefficient's zero-tree subtree, itself included."""
-        size = np.ones(self.n_coefficients, dtype=np.int64)
-        for k in np.argsort(-np.arange(self.n_coefficients)):  # children come after parents
+    def level(self) -> np.ndarray:
+        """Decomposition level of each coefficient in scan order: level l ends at index 4^(l+2)."""
+        ends = 4 ** np.arange(2, self.levels + 2)
+        return np.searchsorted(ends, np.arange(self.n_coefficients), side="right").astype(np.int64)
+
+    @cached_property
+    def visible_subtree_sizes(self) -> np.ndarray:
+        """(levels, K): row d, the coefficients of each zero-tree subtree (itself included) down to
+        level d, what a plane whose deepest level is d visits of it."""
+        sizes = (self.level[None, :] <= np.arange(self.levels)[:, None]).astype(np.int64)
+        for k in range(self.n_coefficients - 1, -1, -1):  # children come after parents
             if self.parent[k] >= 0:
-                size[self.parent[k]] += size[k]
-        return size
+                sizes[:, self.parent[k]] += sizes[:, k]
+        return sizes
 
     @cached_property
     def table(self) -> np.ndarray:
-        """What the compiled kernels need to know about the scan: (5, K) int64."""
-        return np.stack([self.rows, self.cols, self.order, self.parent, self.subtree_size]).astype(np.int64)
+        """What the compiled kernels need to know about the scan: (6 + levels, K) int64."""
+        return np.vstack([self.rows, self.cols, self.order, self.parent, self.level,
+                          self.final_exponents[self.level], self.visible_subtree_sizes]).astype(np.int64)
 
     def initial_exponents(self, coeffs: np.ndarray) -> np.ndarray:
-        """e0 per image (spec section 2): floor(log2 max|a|) + 1, at least f + 1; or m - 1."""
+        """e0 per image (spec section 2): floor(log2|a|) + 1 of the largest coefficient that can
+        become significant (|a| >= 2^f of its level; all of them for one f), at least min f + 1;
+        or m - 1. A coefficient below its level's last threshold would leave plane 0 empty."""
         n = len(coeffs)
         if self.initial_threshold == "uniform":
             return np.full(n, self.m - 1, dtype=np.int64)
-        flat = coeffs.reshape(n, -1)
-        peak = np.maximum(flat.max(axis=1), -flat.min(axis=1))
-        _, exponent = np.frexp(peak)  # peak = mantissa * 2^exponent, mantissa in [0.5, 1)
-        exponent = np.where(peak > 0, exponent, self.final_exponent + 1)  # frexp(0) is (0, 0)
-        return np.maximum(exponent.astype(np.int64), self.final_exponent + 1)
+        e0 = np.full(n, self.min_final_exponent + 1, dtype=np.int64)
+        for level, f in enumerate(self.final_exponents):
+            peak = self._level_peak(coeffs, level)
+            _, exponent = np.frexp(peak)  # peak = mantissa * 2^exponent, mantissa in [0.5, 1)
+            e0 = np.where(peak >= np.ldexp(1.0, f), np.maximum(e0, exponent), e0)
+        return e0
+
+    @staticmethod
+    def _level_peak(coeffs: np.ndarray, level: int) -> np.ndarray:
+        """max|a| of each matrix over one level: [0:s, 0:s] less the coarser levels' [0:s/2, 0:s/2]
+        (s = 2^(level+2); level 0 is the whole 4 x 4 corner)."""
+        side = 4 << level
+        half = side // 2
+        parts = [coeffs[:, :side, :side]] if level == 0 else [coeffs[:, :half, half:side], coeffs[:, half:side, :side]]
+        return np.max([np.maximum(part.max(axis=(1, 2)), -part.min(axis=(1, 2))) for part in parts], axis=0)
 
     def planes(self, e0) -> np.ndarray:
-        return np.asarray(e0, dtype=np.int64) - self.final_exponent
+        return np.asarray(e0, dtype=np.int64) - self.min_final_exponent
 
     @property
     def e0_bounds(self) -> tuple[int, int]:
-        """The initial exponents the kernels accept: at least f + 1 (one plane), at most what a
+        """The initial exponents the kernels accept: at least min f + 1 (one plane), at most what a
         finite float64 coefficient can have (its threshold table ends there); m - 1 if uniform."""
         if self.initial_threshold == "uniform":
             return self.m - 1, self.m - 1
-        return self.final_exponent + 1, MAX_E0
+        return self.min_final_exponent + 1, MAX_E0
 
     def check_initial_exponents(self, initial_exponents) -> np.ndarray:
         e0 = np.atleast_1d(np.asarray(initial_exponents))
@@ -236,9 +298,18 @@ def threshold_of(counters, b):
 
 
 @njit(cache=True, inline="always")
+def visible_subtree(table, counters, b, k):
+    """Size of k's zero-tree subtree cut at the current plane's deepest level: what a ZeroTree at k
+    covers. (Callers read it up front, not in a branch: a counter loaded inside the branches of
+    these inlined kernels costs the coder a quarter of its speed.)"""
+    return table[T_SUBTREE + counters[b, C_DEPTH], k]
+
+
+@njit(cache=True, inline="always")
 def kind_at(table, marks, counters, b):
     """Kind of the place the cursor of state b points at (KIND_* constant)."""
     k = counters[b, C_CURSOR]
+    depth = counters[b, C_DEPTH]  # up front (`visible_subtree`)
     f = marks[b, M_FLAGS, k]
     zerotree = counters[b, C_METHOD] == 1
     if not zerotree:
@@ -248,20 +319,24 @@ def kind_at(table, marks, counters, b):
             return KIND_GROUP
     if f & F_SIGNIFICANT:
         return KIND_SIGNIFICANT
-    if zerotree and table[T_SUBTREE, k] > 1 and not (f & F_SUBTREE_SIGNIFICANT):
+    # A root's subtree, as the plane sees it, is more than itself and has no significant
+    # descendant at the levels 0..depth the plane visits (a level's flag is its bit).
+    visible = F_DESCENDANT_SIGNIFICANT * ((2 << depth) - 1)
+    if zerotree and table[T_SUBTREE + depth, k] > 1 and not (f & visible):
         return KIND_ROOT
     return KIND_COEFFICIENT
 
 
 @njit(cache=True, inline="always")
-def _cover(table, k, token):
-    """How many coefficients (of this plane's scan) a token accounts for."""
+def _cover(token, subtree):
+    """How many coefficients (of this plane's scan) a token accounts for; `subtree`: the cursor's
+    `visible_subtree`."""
     if token == GROUP4X4:
         return 16
     if token == GROUP2X2:
         return 4
     if token == ZERO_TREE:
-        return table[T_SUBTREE, k]
+        return subtree
     return 1
 
 
@@ -278,12 +353,13 @@ def valid_mask(table, marks, counters, b, canonical):
 def canonical_mask(table, marks, counters, b, mask):
     """The ids of `mask` that keep the sequence in canonical form."""
     k = counters[b, C_CURSOR]
+    subtree = visible_subtree(table, counters, b, k)
     # Refuse each non-uncovering id that would cover the last open place of an obligation.
     zerotree = counters[b, C_METHOD] == 1
     for token in range(VOCAB_SIZE):
         if not (mask >> token) & 1 or (_NOW_SIGNIFICANT >> token) & 1:
             continue
-        cover = _cover(table, k, token)
+        cover = _cover(token, subtree)
         dead = cover == counters[b, C_NEED_PLANE] or cover == counters[b, C_NEED_BLOCK] \
             or cover == counters[b, C_NEED_GROUP]
         p = table[T_PARENT, k] if zerotree else -1
@@ -296,9 +372,9 @@ def canonical_mask(table, marks, counters, b, mask):
 
 
 @njit(cache=True, inline="always")
-def reset(approx, marks, counters, b, e0, method, final_exponent, plane0_uncovers):
+def reset(table, approx, marks, counters, b, e0, method, plane0_uncovers):
     """Start state b on a new sequence whose initial exponent is e0."""
-    n = approx.shape[1]
+    final_exponent = table[T_FINAL, 0]  # the coarsest level's: the lowest
     approx[b, :] = 0.0
     marks[b, M_FLAGS, :] = 0
     marks[b, M_SKIP, :] = -1
@@ -309,24 +385,37 @@ def reset(approx, marks, counters, b, e0, method, final_exponent, plane0_uncover
     counters[b, C_DONE] = counters[b, C_PLANES] <= 0
     counters[b, C_METHOD] = method
     counters[b, C_PLANE0_UNCOVERS] = plane0_uncovers
-    # Plane 0 must uncover something, except at e0 = f + 1: there the image may lie wholly below
-    # the one threshold 2^f (a blank image, or e0 raised to f + 1), and nothing is uncovered.
-    counters[b, C_NEED_PLANE] = n if plane0_uncovers and e0 > final_exponent + 1 else 0
+    if not counters[b, C_DONE]:
+        _start_plane(table, counters, b)
+    # Plane 0 must uncover something among what it visits, except at e0 = min f + 1: there the
+    # image may lie wholly below the one threshold 2^f (a blank image, or e0 raised to f + 1), and
+    # nothing is uncovered.
+    counters[b, C_NEED_PLANE] = counters[b, C_LIMIT] if plane0_uncovers and e0 > final_exponent + 1 else 0
+
+
+@njit(cache=True, inline="always")
+def _start_plane(table, counters, b):
+    """The current plane's end and deepest level: it visits the levels whose final exponent is at
+    most its threshold exponent, the scan indices below the first that needs a larger one."""
+    t = counters[b, C_E0] - 1 - counters[b, C_PLANE]
+    limit = np.searchsorted(table[T_FINAL], t, side="right")
+    counters[b, C_LIMIT] = limit
+    counters[b, C_DEPTH] = table[T_LEVEL, limit - 1]
 
 
 @njit(cache=True, inline="always")
 def _settle(table, marks, counters, b):
     """Move the cursor over plane ends and skipped zero-tree descendants."""
-    n = table.shape[1]
     while True:
         k = counters[b, C_CURSOR]
-        if k >= n:
+        if k >= counters[b, C_LIMIT]:
             counters[b, C_PLANE] += 1
             counters[b, C_CURSOR] = 0
             counters[b, C_NEED_PLANE] = 0
             if counters[b, C_PLANE] >= counters[b, C_PLANES]:
                 counters[b, C_DONE] = 1
                 return
+            _start_plane(table, counters, b)
             continue
         if counters[b, C_METHOD] == 0:
             # A new block or group: the previous one's obligation is over (only a non-canonical
@@ -354,6 +443,7 @@ def apply(table, approx, marks, counters, b, token):
 def apply_at(table, approx, marks, counters, b, kind, token):
     """`apply`, for a caller that already knows the kind of the cursor's place."""
     k = counters[b, C_CURSOR]
+    subtree = visible_subtree(table, counters, b, k)
     zerotree = counters[b, C_METHOD] == 1
     uncovers = token == NOW_SIGNIFICANT_NEG or token == NOW_SIGNIFICANT_POS
 
@@ -364,7 +454,7 @@ def apply_at(table, approx, marks, counters, b, kind, token):
     if (kind == KIND_BLOCK or kind == KIND_GROUP) and token != GROUP4X4 and token != GROUP2X2:
         marks[b, M_FLAGS, k] |= F_GROUP_DISSOLVED
         counters[b, C_NEED_GROUP] = 4
-    cover = _cover(table, k, token)
+    cover = _cover(token, subtree)
     if uncovers:
         counters[b, C_NEED_PLANE] = 0
         counters[b, C_NEED_BLOCK] = 0
@@ -382,16 +472,16 @@ def apply_at(table, approx, marks, counters, b, kind, token):
             if marks[b, M_NEED, p] > 0:
                 marks[b, M_NEED, p] = 0 if uncovers else marks[b, M_NEED, p] - cover
             if uncovers:
-                marks[b, M_FLAGS, p] |= F_SUBTREE_SIGNIFICANT
+                marks[b, M_FLAGS, p] |= F_DESCENDANT_SIGNIFICANT << table[T_LEVEL, k]
             p = table[T_PARENT, p]
         if kind == KIND_ROOT and token == INSIGNIFICANT:
-            marks[b, M_NEED, k] = table[T_SUBTREE, k] - 1
+            marks[b, M_NEED, k] = subtree - 1
 
     # Coefficient updates (spec section 4).
     if uncovers:
         threshold = threshold_of(counters, b)
         approx[b, k] = 1.5 * threshold if token == NOW_SIGNIFICANT_POS else -1.5 * threshold
-        marks[b, M_FLAGS, k] |= F_SIGNIFICANT | F_SUBTREE_SIGNIFICANT
+        marks[b, M_FLAGS, k] |= F_SIGNIFICANT
     elif token == NEXT_ACCURACY0 or token == NEXT_ACCURACY1:
         step = 0.5 * threshold_of(counters, b)
         if token == NEXT_ACCURACY0:
@@ -417,15 +507,15 @@ def new_state(language: Language, batch: int) -> ScanState:
 
 
 @njit(cache=True)
-def _reset_all(approx, marks, counters, e0, method, final_exponent, plane0_uncovers):
+def _reset_all(table, approx, marks, counters, e0, method, plane0_uncovers):
     for b in range(len(e0)):
-        reset(approx, marks, counters, b, e0[b], method, final_exponent, plane0_uncovers)
+        reset(table, approx, marks, counters, b, e0[b], method, plane0_uncovers)
 
 
 @njit(cache=True)
-def _reset_rows(approx, marks, counters, rows, e0, method, final_exponent, plane0_uncovers):
+def _reset_rows(table, approx, marks, counters, rows, e0, method, plane0_uncovers):
     for n in range(len(rows)):
-        reset(approx, marks, counters, rows[n], e0[n], method, final_exponent, plane0_uncovers)
+        reset(table, approx, marks, counters, rows[n], e0[n], method, plane0_uncovers)
 
 
 @njit(cache=True)
@@ -476,8 +566,7 @@ class BatchScan:
         self.canonical = canonical
         e0 = language.check_initial_exponents(initial_exponents)
         self.state = new_state(language, len(e0))
-        _reset_all(*self.state, e0, language.method_id, language.final_exponent,
-                   int(language.plane0_uncovers))
+        _reset_all(language.table, *self.state, e0, language.method_id, int(language.plane0_uncovers))
         self.bp, self.i1, self.i2, self.masks = (np.zeros(len(e0), np.int64) for _ in range(4))
         self.done = np.zeros(len(e0), np.bool_)
         self.observe()
@@ -514,7 +603,7 @@ class BatchScan:
         e0 = self.language.check_initial_exponents(initial_exponents)
         if len(rows) != len(e0) or (len(rows) and (rows.min() < 0 or rows.max() >= len(self.done))):
             raise ValueError(f"rows {rows.tolist()} and {len(e0)} initial exponents for {len(self.done)} states")
-        _reset_rows(*self.state, rows, e0, self.language.method_id, self.language.final_exponent,
+        _reset_rows(self.language.table, *self.state, rows, e0, self.language.method_id,
                     int(self.language.plane0_uncovers))
         self.observe()
 
@@ -552,13 +641,13 @@ def store_matrix(table, approx, b, out):
 
 @njit(cache=True)
 def _sequence_masks(table, approx, marks, counters, tokens, bp, i1, i2, offsets, e0, method,
-                    final_exponent, plane0_uncovers, out):
+                    plane0_uncovers, out):
     """Returns (-1, 0, 0), or (sequence, index in it, reason) of the first problem: 1 a token the
     grammar (canonical form) does not allow, 2 a position that is not the scan's, 3 a sequence
     that ends before its last plane does."""
     positions = len(bp) > 0
     for j in range(len(e0)):
-        reset(approx, marks, counters, 0, e0[j], method, final_exponent, plane0_uncovers)
+        reset(table, approx, marks, counters, 0, e0[j], method, plane0_uncovers)
         for i in range(offsets[j], offsets[j + 1]):
             mask = valid_mask(table, marks, counters, 0, True)
             if not (mask >> tokens[i]) & 1:
@@ -591,8 +680,7 @@ def sequence_masks(tokens: np.ndarray, offsets: np.ndarray, initial_exponents, l
             raise ValueError(f"positions of {len(bp)}, {len(i1)}, {len(i2)} tokens for {len(tokens)} tokens")
     out = np.zeros(len(tokens), dtype=np.uint8)
     j, index, reason = _sequence_masks(language.table, *new_state(language, 1), tokens, bp, i1, i2, offsets,
-                                       e0, language.method_id, language.final_exponent,
-                                       int(language.plane0_uncovers), out)
+                                       e0, language.method_id, int(language.plane0_uncovers), out)
     if j >= 0:
         problem = {1: f"token {index} is not valid there (not in the grammar's canonical form)",
                    2: f"token {index} has position (bp, i1, i2) = ({bp[offsets[j] + index]}, "

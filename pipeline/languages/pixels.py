@@ -71,6 +71,7 @@ class PixelLanguage:
 
     family = "pixels"
     bit_planes = False
+    has_context = False  # no scan state to read context features from
 
     def __post_init__(self):
         if not 2 <= self.levels <= 256:

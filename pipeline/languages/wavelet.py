@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 
 from .. import wavelets
-from . import coder, grammar
+from . import coder, context, grammar
 from .encoded import Encoded
 
 WAVELET_METHODS = tuple(grammar.METHODS)
@@ -17,11 +17,12 @@ WAVELET_METHODS = tuple(grammar.METHODS)
 
 @dataclass(frozen=True)
 class WaveletLanguage:
-    """The wavelet language of one (wavelet, method, f, thresholds) over M x M DWT matrices."""
+    """The wavelet language of one (wavelet, method, f, thresholds) over M x M DWT matrices; f is
+    one int, or one per decomposition level (coarse to fine, non-decreasing; `grammar.Language`)."""
 
     wavelet: str
     method: str = "zeroblock"
-    final_exponent: int = -3
+    final_exponent: int | tuple[int, ...] = -3
     initial_threshold: str = "per_image"
     size: int = 32  # M: positions i1, i2 lie in 0..M-1
     image_height: int = 28
@@ -29,6 +30,11 @@ class WaveletLanguage:
 
     family = "wavelet"
     bit_planes = True  # sequences run coarse to fine, plane by plane (completion keeps the first k)
+    has_context = True  # its scan state gives context features (`context`)
+
+    def __post_init__(self):
+        if isinstance(self.final_exponent, list):  # from a description (JSON): keep the language hashable
+            object.__setattr__(self, "final_exponent", tuple(self.final_exponent))
 
     @cached_property
     def grammar(self) -> grammar.Language:
@@ -44,23 +50,26 @@ class WaveletLanguage:
 
     @property
     def e0_range(self) -> tuple[int, int]:
-        """The initial exponents images of [0, 1] pixels can have: from f + 1 (a blank image) to
-        m (max|a| <= 2^(m-1), spec section 1), or m - 1 for uniform thresholds."""
+        """The initial exponents images of [0, 1] pixels can have: from min f + 1 (a blank image)
+        to m (max|a| <= 2^(m-1), spec section 1), or m - 1 for uniform thresholds."""
         m = self.grammar.m
-        return (m - 1, m - 1) if self.initial_threshold == "uniform" else (self.final_exponent + 1, m)
+        return (m - 1, m - 1) if self.initial_threshold == "uniform" else (self.grammar.min_final_exponent + 1, m)
 
     @property
     def max_planes(self) -> int:
         """Bit-planes of the longest sequence (bp lies in 0..max_planes-1)."""
-        return self.e0_range[1] - self.final_exponent
+        return self.e0_range[1] - self.grammar.min_final_exponent
 
     @property
     def name(self) -> str:
-        return f"{self.wavelet}, {self.method}, f={self.final_exponent}"
+        f = self.final_exponent
+        f_text = f"({','.join(map(str, f))})" if isinstance(f, tuple) else str(f)
+        return f"{self.wavelet}, {self.method}, f={f_text}"
 
     def describe(self) -> dict:
+        f = self.final_exponent
         return {"family": self.family, "wavelet": self.wavelet, "method": self.method,
-                "final_exponent": self.final_exponent, "initial_threshold": self.initial_threshold,
+                "final_exponent": list(f) if isinstance(f, tuple) else f, "initial_threshold": self.initial_threshold,
                 "size": self.size, "image_height": self.image_height, "image_width": self.image_width}
 
     # ----- images <-> sequences -----
@@ -109,6 +118,14 @@ class WaveletLanguage:
     def scan(self, initial_exponents) -> grammar.BatchScan:
         """A batch of scan states at the start of sequences with the given e0."""
         return grammar.BatchScan(self.grammar, initial_exponents)
+
+    def context(self, encoded: Encoded) -> np.ndarray:
+        """(tokens, 4) the scan-state features in front of each token (`languages.context`)."""
+        return context.of_sequences(encoded.tokens, encoded.offsets, encoded.initial_exponents, self.grammar)
+
+    def scan_context(self, scan: grammar.BatchScan) -> np.ndarray:
+        """(B, 4) the scan-state features of each row's next token."""
+        return context.of_scan(scan)
 
     def artifacts(self) -> dict[str, str]:
         """Files (name -> text) that go beside the shards and the model: none."""

@@ -61,8 +61,8 @@ def queue(budget: float = typer.Option(BUDGET, help="training FLOPs per row"),
 
 
 def experiments() -> dict[str, dict]:
-    """name -> {params, metrics (reports/metrics.json), files (every metrics file), rev} of every
-    finished experiment (queued and running ones show their baseline's figures in `dvc exp show`,
+    """name -> {params, metrics (reports/metrics.json), files (every metrics file), rev, baseline
+    (the commit it ran from)} of every finished experiment (queued and running ones show their baseline's figures in `dvc exp show`,
     so only those `dvc exp list` knows are taken)."""
     finished = set(subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], check=True,
                                   capture_output=True, text=True).stdout.split())
@@ -77,7 +77,8 @@ def experiments() -> dict[str, dict]:
             files = {path: entry.get("data") or {} for path, entry in (data.get("metrics") or {}).items()}
             if name in finished and files.get("reports/metrics.json"):
                 found[name] = {"params": data["params"]["params.yaml"]["data"], "metrics": files["reports/metrics.json"],
-                               "files": files, "rev": revision.get("rev", "")[:7]}
+                               "files": files, "rev": revision.get("rev", "")[:7],
+                               "baseline": (baseline.get("rev") or "")[:7]}
     return found
 
 

@@ -7,10 +7,12 @@ map of a concatenation is a sum of per-part maps, so here each part has its own 
 embedding and they are summed:
 
     x_t = token[prev_t] + bp[bp_t] + row[i1_t] + col[i2_t] + e0[e0] + class[label]
+          (+ state[s_t] + parent[p_t] + neighbours[n_t] + signs[g_t] with `context: scan`)
 
 `position` picks what tells the model where it is: `wavelet` (bp, row, col), `sequence` (GPT-2's
 absolute index table only) or `both`. `condition` is `class` (with a null class for classifier-free guidance) or
-`none`. Logits cover the language's token ids; ids the grammar forbids at a step are masked to
+`none`. `context` is `scan` to add the scan-state features of the place being written
+(`languages.context`: what the decoder already knows there) or `none`. Logits cover the language's token ids; ids the grammar forbids at a step are masked to
 -inf before the softmax, so the NLL is the true code length of the sequence.
 
 The blocks, LayerNorms and projections are HuggingFace's GPT-2 modules (so `save_pretrained` /
@@ -33,6 +35,7 @@ from transformers.utils import logging as hf_logging
 
 from ...io import InputError
 from ...languages.base import from_description
+from ...languages.context import SIZES as CONTEXT_SIZES
 
 hf_logging.disable_progress_bar()  # the stages report their own progress
 
@@ -46,7 +49,8 @@ class WaveletGPTConfig(GPT2Config):
     def __init__(self, position: str = "wavelet", condition: str = "class", n_classes: int = 10,
                  language: dict | None = None, token_vocab: int = 8, size: int = 32, max_planes: int = 8,
                  e0_min: int = 0, e0_max: int = 3, initial_exponent_counts: dict | None = None,
-                 longest_sequence: int = 2048, **kwargs):
+                 longest_sequence: int = 2048, context: str = "none", context_sizes: list | None = None,
+                 **kwargs):
         kwargs.setdefault("vocab_size", token_vocab + 1)  # + the start token
         kwargs.setdefault("bos_token_id", token_vocab)
         kwargs.setdefault("eos_token_id", None)
@@ -67,11 +71,18 @@ class WaveletGPTConfig(GPT2Config):
         # {class: {e0: count}} from the training split; the sampler draws each sample's e0 from it.
         self.initial_exponent_counts = initial_exponent_counts or {}
         self.longest_sequence = longest_sequence  # of the training data: the sampler sizes its cache by it
+        self.context = context
+        self.context_sizes = list(context_sizes or [])  # ids of each context feature (its table sizes)
 
     @classmethod
     def for_language(cls, language, **kwargs) -> "WaveletGPTConfig":
         """A config whose tables cover every token, position and e0 the language allows."""
         e0_min, e0_max = language.e0_range
+        if kwargs.get("context", "none") == "scan":
+            if not language.has_context:
+                raise ValueError(f"model.context scan needs a language with a scan state (wavelet or BPE); "
+                                 f"{language.name} has none: use model.context none")
+            kwargs["context_sizes"] = list(CONTEXT_SIZES)
         return cls(language=language.describe(), token_vocab=language.vocab_size, size=language.size,
                    max_planes=language.max_planes, e0_min=e0_min, e0_max=e0_max, **kwargs)
 
@@ -106,14 +117,21 @@ class WaveletGPT(GPT2PreTrainedModel):
         self.e0 = nn.Embedding(config.e0_max - config.e0_min + 1, d)
         if config.condition == "class":
             self.label = nn.Embedding(config.n_classes + 1, d)  # + the null class
+        self.uses_context = config.context == "scan"
+        if self.uses_context:
+            self.scan_context = nn.ModuleList(nn.Embedding(n, d) for n in config.context_sizes)
         self.head = nn.Linear(d, config.token_vocab, bias=False)
         self.post_init()
 
-    def embed(self, prev_tokens, bp, i1, i2, e0, labels):
-        """(B, T) ids and positions, (B,) e0 and labels -> (B, T, n_embd)."""
+    def embed(self, prev_tokens, bp, i1, i2, e0, labels, context=None):
+        """(B, T) ids and positions, (B,) e0 and labels, (B, T, features) context ids (with
+        `context: scan`) -> (B, T, n_embd)."""
         x = self.token(prev_tokens)
         if self.uses_wavelet_position:
             x = x + self.bp(bp) + self.row(i1) + self.col(i2)
+        if self.uses_context:
+            for j, table in enumerate(self.scan_context):
+                x = x + table(context[..., j])
         per_sequence = self.e0(e0 - self.config.e0_min)
         if self.config.condition == "class":
             per_sequence = per_sequence + self.label(labels)
@@ -144,10 +162,11 @@ class WaveletGPT(GPT2PreTrainedModel):
                              f"{' '.join(str(error).split())[:300]})", "train") from None
         return model
 
-    def forward(self, prev_tokens, bp, i1, i2, e0, labels):
+    def forward(self, prev_tokens, bp, i1, i2, e0, labels, context=None):
         """Logits (B, T, token_vocab) for the tokens at the given positions (causal)."""
         index = torch.arange(prev_tokens.shape[1], device=prev_tokens.device)[None]
-        x = self.transformer.drop(self.embed_positions(self.embed(prev_tokens, bp, i1, i2, e0, labels), index))
+        x = self.transformer.drop(self.embed_positions(self.embed(prev_tokens, bp, i1, i2, e0, labels, context),
+                                                       index))
         dropout = self.config.attn_pdrop if self.training else 0.0
         for block in self.transformer.h:
             q, k, v = _heads(block, x, self.config.n_head)
@@ -229,13 +248,15 @@ class Decoder:
             self.values = torch.cat([self.values, torch.zeros_like(self.values)], dim=3)
 
     @torch.no_grad()
-    def step(self, prev, bp, i1, i2, e0, labels) -> torch.Tensor:
-        """(B,) previous tokens and next positions, (B,) e0 and labels -> logits (B, token_vocab)."""
+    def step(self, prev, bp, i1, i2, e0, labels, context=None) -> torch.Tensor:
+        """(B,) previous tokens and next positions, (B,) e0 and labels, (B, features) context
+        ids (with `context: scan`) -> logits (B, token_vocab)."""
         m, position = self.model, self.lengths
         width = int(self.host_lengths.max()) + 1
         self._fit(width)
         rows = torch.arange(len(position), device=self.device)
-        x = m.embed_positions(m.embed(prev[:, None], bp[:, None], i1[:, None], i2[:, None], e0, labels),
+        context = None if context is None else context[:, None]
+        x = m.embed_positions(m.embed(prev[:, None], bp[:, None], i1[:, None], i2[:, None], e0, labels, context),
                               position[:, None])
         mask = (torch.arange(width, device=self.device)[None] <= position[:, None])[:, None, None]
         for layer, block in enumerate(m.transformer.h):
@@ -251,12 +272,13 @@ class Decoder:
         return m.head(m.transformer.ln_f(x))[:, 0]
 
     @torch.no_grad()
-    def prefill(self, rows: torch.Tensor, prev, bp, i1, i2, e0, labels, lengths: np.ndarray) -> None:
-        """Rows `rows` start from prefixes: (n, T) inputs padded at the end, `lengths` (n,) the
-        true lengths. One causal forward pass fills their cache."""
+    def prefill(self, rows: torch.Tensor, prev, bp, i1, i2, e0, labels, lengths: np.ndarray, context=None) -> None:
+        """Rows `rows` start from prefixes: (n, T) inputs padded at the end (context (n, T,
+        features)), `lengths` (n,) the true lengths. One causal forward pass fills their cache."""
         m, width = self.model, prev.shape[1]
         self._fit(width)
-        x = m.embed_positions(m.embed(prev, bp, i1, i2, e0, labels), torch.arange(width, device=self.device)[None])
+        x = m.embed_positions(m.embed(prev, bp, i1, i2, e0, labels, context),
+                              torch.arange(width, device=self.device)[None])
         for layer, block in enumerate(m.transformer.h):
             q, k, v = _heads(block, x, self.heads)
             self.keys[layer, rows, :, :width] = k

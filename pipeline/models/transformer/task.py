@@ -14,7 +14,8 @@ from ... import formats
 from ...batches import LengthBatches, class_dropout
 from ...devices import Distributed, autocast
 from ...languages.base import from_description
-from ...params import Params
+from ...languages.context import SIZES as CONTEXT_SIZES
+from ...params import ParamError, Params
 from ...progress import log
 from .network import WaveletGPT, WaveletGPTConfig, bits, token_nll
 
@@ -24,9 +25,10 @@ COMPILED_WIDTH_STEP = 64  # torch.compile sees one width per 64 tokens (and dyna
 class TokenData:
     """One split's sequences, assembled into padded batches with their grammar masks."""
 
-    def __init__(self, split: formats.TokenSplit, language, pad_to: int = 1):
+    def __init__(self, split: formats.TokenSplit, language, pad_to: int = 1, context: bool = False):
         self.encoded = split.encoded
         self.language = language
+        self.context = context  # batches carry the scan-state features of every token
         self.start_token = language.vocab_size
         self.pad_to = pad_to
         self.lengths = self.encoded.lengths
@@ -43,7 +45,8 @@ class TokenData:
     def batch(self, rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
         """Padded tensors for the given sequences: inputs are the previous tokens (the start token
         first), targets the tokens (-1 on padding), positions those of the targets, `valid` the
-        ids the grammar allows at each target (all of them on padding)."""
+        ids the grammar allows at each target (all of them on padding), `context` (with
+        context) the scan-state features of each target's place (0 on padding)."""
         width = self.width(rows)
         chosen = self.encoded.select(rows)
         lengths = chosen.lengths
@@ -59,32 +62,37 @@ class TokenData:
         valid[filled] = self.language.valid_ids(chosen)
         tensors = {name: torch.from_numpy(a).to(device) for name, a in out.items()}
         tensors["valid"] = torch.from_numpy(valid).to(device)
+        if self.context:
+            context = np.zeros((len(rows), width, len(CONTEXT_SIZES)), np.int64)
+            context[filled] = self.language.context(chosen)
+            tensors["context"] = torch.from_numpy(context).to(device)
         tensors["e0"] = torch.from_numpy(self.e0[rows]).to(device)
         tensors["label"] = torch.from_numpy(self.labels[rows]).to(device)
         return tensors
 
 
-COMPILED_WIDTH_STEP = 64  # torch.compile sees one width per 64 tokens (and dynamic shapes), not one per step
-
-
-def load_data(tokens_root: Path, pad_to: int = 1) -> tuple[dict, TokenData, TokenData]:
+def load_data(tokens_root: Path, pad_to: int = 1, context: bool = False) -> tuple[dict, TokenData, TokenData]:
     """meta.json and both splits, checked against the data contract and the language's grammar."""
     meta = formats.read_meta(tokens_root)
     language = from_description(meta["language"])
-    splits = [TokenData(formats.read_split(tokens_root, split, meta, check_grammar=True), language, pad_to)
+    splits = [TokenData(formats.read_split(tokens_root, split, meta, check_grammar=True), language, pad_to, context)
               for split in ("train", "test")]
     return meta, *splits
 
 
 def model_config(p: Params, meta: dict) -> WaveletGPTConfig:
     shape = p.model
+    language = from_description(meta["language"])
+    if shape.context == "scan" and not language.has_context:
+        raise ParamError("model.context", "scan", f"none with the {language.family} language (it keeps no scan "
+                         "state to read context features from)")
     # GPT-2's absolute table is only read for `sequence`/`both`; leave room past the longest sequence.
     n_positions = 1 if shape.position == "wavelet" else 64 * math.ceil(1.25 * meta["max_length"] / 64)
     return WaveletGPTConfig.for_language(
-        from_description(meta["language"]),
+        language,
         n_layer=shape.n_layer, n_embd=shape.n_embd, n_head=shape.n_head, n_positions=n_positions,
         resid_pdrop=shape.dropout, embd_pdrop=shape.dropout, attn_pdrop=shape.dropout,
-        position=shape.position, condition=shape.condition, n_classes=meta["n_classes"],
+        position=shape.position, condition=shape.condition, context=shape.context, n_classes=meta["n_classes"],
         initial_exponent_counts=meta["initial_exponent_counts"], longest_sequence=meta["max_length"],
         attn_implementation="sdpa",
     )
@@ -100,7 +108,8 @@ def evaluate(model, data: TokenData, rows: np.ndarray, batch_size: int, device, 
     for start in range(0, len(rows), batch_size):
         batch = data.batch(rows[start:start + batch_size], device)
         with autocast(device, precision):
-            logits = model(batch["prev"], batch["bp"], batch["i1"], batch["i2"], batch["e0"], batch["label"])
+            logits = model(batch["prev"], batch["bp"], batch["i1"], batch["i2"], batch["e0"], batch["label"],
+                           batch.get("context"))
         masked += token_nll(logits, batch["target"], batch["valid"]).sum().item()
         unmasked += token_nll(logits, batch["target"], None).sum().item()
         tokens += int((batch["target"] >= 0).sum())
@@ -117,7 +126,8 @@ class TransformerTask:
     def __init__(self, p: Params, tokens_root: Path, device: torch.device, dist: Distributed):
         self.p, self.device, self.dist = p, device, dist
         self.compiled = p.train.compile and device.type == "cuda"
-        meta, self.train_data, self.test_data = load_data(tokens_root, COMPILED_WIDTH_STEP if self.compiled else 1)
+        meta, self.train_data, self.test_data = load_data(tokens_root, COMPILED_WIDTH_STEP if self.compiled else 1,
+                                                          p.model.context == "scan")
         self.meta = meta
         self.model = WaveletGPT(model_config(p, meta)).to(device)
         self.batches = LengthBatches(self.train_data.lengths, p.train.batch_size, p.train.seed, dist.world, dist.rank)
@@ -138,7 +148,8 @@ class TransformerTask:
 
     def loss(self, trained, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed NLL (nats) of this rank's share, and its token count."""
-        logits = trained(batch["prev"], batch["bp"], batch["i1"], batch["i2"], batch["e0"], batch["label"])
+        logits = trained(batch["prev"], batch["bp"], batch["i1"], batch["i2"], batch["e0"], batch["label"],
+                         batch.get("context"))
         nll = token_nll(logits, batch["target"], batch["valid"] if self.p.train.grammar_mask else None).sum()
         return nll, (batch["target"] >= 0).sum()
 
@@ -146,8 +157,10 @@ class TransformerTask:
         """Forward and backward of one sequence of `width` tokens, for the FLOP counter."""
         x = torch.zeros(1, width, dtype=torch.long, device=self.device)
         zero = torch.zeros(1, dtype=torch.long, device=self.device)
+        context = torch.zeros(1, width, len(CONTEXT_SIZES), dtype=torch.long, device=self.device)
         with autocast(self.device, self.p.train.precision):
-            logits = self.model(x, x, x, x, zero + self.model.config.e0_min, zero)
+            logits = self.model(x, x, x, x, zero + self.model.config.e0_min, zero,
+                                context if self.model.uses_context else None)
         logits.float().sum().backward()
 
     def step_flops(self, step: int) -> float:
