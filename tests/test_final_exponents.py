@@ -10,6 +10,7 @@ import pytest
 from pipeline import idx, params
 from pipeline.languages import coder, grammar
 from pipeline.languages.base import from_description
+from pipeline.languages.bpe import BPELanguage
 from pipeline.languages.grammar import (
     GROUP2X2,
     GROUP4X4,
@@ -31,6 +32,12 @@ FINEST_STOPS_EARLY = (-1, -1, -1, 0)
 @pytest.fixture(scope="module")
 def test_coeffs(mnist_raw) -> np.ndarray:
     images, _ = idx.load_split(mnist_raw, "test")
+    return dwt.transform(images[:1000], "haar")[0]
+
+
+@pytest.fixture(scope="module")
+def train_coeffs(mnist_raw) -> np.ndarray:
+    images, _ = idx.load_split(mnist_raw, "train")
     return dwt.transform(images[:1000], "haar")[0]
 
 
@@ -105,6 +112,31 @@ def test_a_list_of_equal_values_is_the_int(test_coeffs, method, f):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     masks = [grammar.sequence_masks(a.tokens, a.offsets, a.initial_exponents, language) for language in (one, per_level)]
     assert np.array_equal(*masks)
+
+
+def test_bpe_masks_are_the_ids_whose_expansion_the_per_level_grammar_accepts(train_coeffs, test_coeffs):
+    language = BPELanguage.learn(WaveletLanguage("haar", "zerotree", PER_LEVEL), train_coeffs, 64)
+    base, merged = language.base.encode(test_coeffs[:20]), language.encode(test_coeffs[:20])
+    expanded = language.expand(merged)
+    for name in ("tokens", "bp", "i1", "i2", "offsets", "initial_exponents"):
+        assert np.array_equal(getattr(expanded, name), getattr(base, name)), name
+    valid = language.valid_ids(merged)
+    v = language.vocabulary
+    sequence, e0 = base.sequence(0).astype(np.int64), int(base.initial_exponents[0])
+    spans = np.concatenate([[0], np.cumsum(v.lengths[merged.sequence(0).astype(np.int64)])])
+    # Id by id, in front of the merged tokens that hold a plane's last base token (where an
+    # expansion may run into the next plane): valid iff the base scan takes the whole expansion.
+    plane_ends = np.flatnonzero(np.diff(base.bp[:len(sequence)]))
+    for i in np.searchsorted(spans, plane_ends, side="right") - 1:
+        for token in range(v.size):
+            scan = grammar.BatchScan(language.base.grammar, [e0])
+            scan.advance(0, sequence[:spans[i]])
+            try:
+                scan.advance(0, v.expansion[v.expansion_offsets[token]:v.expansion_offsets[token + 1]])
+            except ValueError:
+                assert not valid[i, token]
+            else:
+                assert valid[i, token]
 
 
 # ----- hand-checked sequences -----

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 import sys
 from datetime import date
@@ -64,10 +65,16 @@ def experiments() -> dict[str, dict]:
     """name -> {params, metrics (reports/metrics.json), files (every metrics file), rev, baseline
     (the commit it ran from)} of every finished experiment (queued and running ones show their baseline's figures in `dvc exp show`,
     so only those `dvc exp list` knows are taken)."""
-    finished = set(subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], check=True,
-                                  capture_output=True, text=True).stdout.split())
-    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True,
-                                      text=True).stdout)
+    listed = subprocess.run(["dvc", "exp", "list", "--all-commits"], check=True, capture_output=True,
+                            text=True).stdout
+    # "<baseline>:" lines, then "<rev> [<name>]" lines of that baseline's finished experiments.
+    baselines = [line[:-1] for line in listed.splitlines() if line.endswith(":") and not line.startswith((" ", "\t"))]
+    finished = set(re.findall(r"\[([^\]]+)\]", listed))
+    if not baselines:
+        return {}
+    # Every commit experiments ran from (not only HEAD's), each alone (-n 1).
+    command = ["dvc", "exp", "show", "--json", "-n", "1", *[arg for rev in baselines for arg in ("--rev", rev)]]
+    shown = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     found = {}
     for baseline in shown:
         for experiment in baseline.get("experiments") or []:

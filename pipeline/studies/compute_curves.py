@@ -153,7 +153,8 @@ PANELS = (("tuned_classifier", "classifier-FID, tuned (lower is better)", "token
 
 
 def _figure(rows: list[dict], path: Path) -> None:
-    """Each metric against training FLOPs (log x): a line per system through its seeds' mean,
+    """Each metric against the training budget in FLOPs (log x; each point's counted FLOPs are in
+    the table, within 1% of its budget): a line per system through its seeds' mean,
     every seed a marker, the system's tokenizer ceiling dashed in its colour, real data grey."""
     from .. import figures
 
@@ -167,14 +168,16 @@ def _figure(rows: list[dict], path: Path) -> None:
                 continue
             budgets = sorted({r["budget"] for r in mine})
             means = [np.mean([r[key] for r in mine if r["budget"] == b]) for b in budgets]
-            flops = [np.mean([r["flops"] for r in mine if r["budget"] == b]) for b in budgets]
-            ax.plot(flops, means, "-", color=colour, label=SYSTEMS[system][0])
-            ax.scatter([r["flops"] for r in mine], [r[key] for r in mine], color=colour, s=18, zorder=3)
+            ax.plot(budgets, means, "-o", color=colour, markersize=3, label=SYSTEMS[system][0])
+            ax.scatter([r["budget"] for r in mine], [r[key] for r in mine], color=colour, s=18, zorder=3)
             if ceiling and mine[0][ceiling] is not None:
                 ax.axhline(mine[0][ceiling], color=colour, linestyle="--", linewidth=1)
         if real and rows[0][real] is not None:
             ax.axhline(rows[0][real], color="grey", linestyle=":", linewidth=1.2, label="real data")
         ax.set_xscale("log")
+        ax.set_xlim(min(BUDGETS) / 1.6, max(BUDGETS) * 1.6)
+        ax.set_xticks(BUDGETS, [f"{b:.2g}" for b in BUDGETS])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         if key in ("tuned_classifier", "tuned_inception"):
             ax.set_yscale("log")
         ax.set_xlabel("training FLOPs")
