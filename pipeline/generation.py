@@ -190,9 +190,10 @@ class ContinuousBatch:
         if not len(rows):
             return
         inputs = np.zeros((4, len(rows), int(lengths.max())), np.int64)
-        context = np.zeros((len(rows), int(lengths.max()), len(self.config.context_sizes)), np.int64)
-        prefixes = self.prefixes.select(seqs)
-        features = self.language.context(prefixes) if self.context else None
+        if self.context:  # the features in front of every prefix token, padded like the inputs
+            context = np.zeros((len(rows), int(lengths.max()), len(self.config.context_sizes)), np.int64)
+            prefixes = self.prefixes.select(seqs)
+            features = self.language.context(prefixes)
         for r, (slot, j) in enumerate(zip(rows, seqs)):
             part = slice(self.prefixes.offsets[j], self.prefixes.offsets[j + 1])
             tokens = self.prefixes.tokens[part].astype(np.int64)
@@ -205,13 +206,15 @@ class ContinuousBatch:
                 context[r, :len(tokens)] = features[prefixes.offsets[r]:prefixes.offsets[r + 1]]
             self.prev[slot] = tokens[-1]
         self.made[seqs] = lengths
-        prev, bp, i1, i2, context = (torch.as_tensor(a, device=self.device) for a in (*inputs, context))
+        prev, bp, i1, i2 = (torch.as_tensor(a, device=self.device) for a in inputs)
+        context = torch.as_tensor(context, device=self.device) if self.context else None
         e0, label = self.to_device(self.e0[seqs], self.labels[seqs])
         if self.guided:
-            prev, bp, i1, i2, e0, context = (torch.cat([a, a]) for a in (prev, bp, i1, i2, e0, context))
+            prev, bp, i1, i2, e0 = (torch.cat([a, a]) for a in (prev, bp, i1, i2, e0))
+            context = None if context is None else torch.cat([context, context])
             label = torch.cat([label, torch.full_like(label, self.config.null_class)])
         self.decoder.prefill(torch.as_tensor(self._decoder_rows(rows), device=self.device), prev, bp, i1, i2, e0,
-                             label, np.tile(lengths, 2 if self.guided else 1), context if self.context else None)
+                             label, np.tile(lengths, 2 if self.guided else 1), context)
 
     def retire(self) -> None:
         """Once nothing is pending, drop the finished rows (when they are an eighth or more)."""

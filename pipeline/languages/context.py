@@ -77,18 +77,23 @@ def features_at(table, neighbours, approx, marks, counters, b, out):
         out[0] = 1 + 2 * refinements + (1 if approx[b, k] < 0 else 0)
     parent = table[T_PARENT, k]
     out[1] = 0 if parent < 0 else (2 if marks[b, M_FLAGS, parent] & F_SIGNIFICANT else 1)
-    counts = np.zeros(3, np.int64)
-    signs = np.zeros(2, np.int64)
+    # Significant neighbours and the sum of their signs: horizontal, vertical, diagonal (OFFSETS).
+    h = v = d = h_sign = v_sign = 0
     for j in range(8):
         n = neighbours[j, k]
         if n < 0 or not marks[b, M_FLAGS, n] & F_SIGNIFICANT:
             continue
-        direction = 0 if j < 2 else (1 if j < 4 else 2)
-        counts[direction] += 1
-        if direction < 2:
-            signs[direction] += 1 if approx[b, n] > 0 else -1
-    out[2] = counts[0] * 15 + counts[1] * 5 + counts[2]
-    out[3] = (min(max(signs[0], -1), 1) + 1) * 3 + min(max(signs[1], -1), 1) + 1
+        sign = 1 if approx[b, n] > 0 else -1
+        if j < 2:
+            h += 1
+            h_sign += sign
+        elif j < 4:
+            v += 1
+            v_sign += sign
+        else:
+            d += 1
+    out[2] = h * 15 + v * 5 + d
+    out[3] = (min(max(h_sign, -1), 1) + 1) * 3 + min(max(v_sign, -1), 1) + 1
 
 
 @njit(cache=True)
