@@ -1,8 +1,15 @@
 """The wavelet language on real data and under property-based tests (spec sections 2 to 8)."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -298,3 +305,26 @@ def test_bad_coefficient_arrays_are_refused():
         coder.encode(nan, MNIST)
     with pytest.raises(ValueError, match="max\\|a\\| <= 16"):
         coder.encode(np.full((32, 32), 40.0), Language(32, "zeroblock", -3, "uniform"))
+
+
+# ----- the kernels' compile cache -----
+
+def test_kernel_cache_is_keyed_on_every_language_file(tmp_path):
+    """numba keys a cached kernel on its own file only; coder.py's kernels inline grammar.py's scan,
+    so an edit to grammar.py must move them to a fresh cache folder, or they keep the old grammar.
+    A user's NUMBA_CACHE_DIR holds the folder and is left as it was for other numba code."""
+    shutil.copytree(REPO / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    probe = ("import numba; from pipeline.languages import coder; "
+             "print(coder._encode_batch._cache._cache_path, numba.config.CACHE_DIR)")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "user")}
+
+    def cache_folders() -> list[str]:
+        return subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, check=True).stdout.split()
+
+    before, user_dir = cache_folders()
+    assert Path(before).parent.parent == tmp_path / "user" and user_dir == str(tmp_path / "user")
+    assert cache_folders()[0] == before  # unchanged sources reuse the cache
+    with open(tmp_path / "pipeline" / "languages" / "grammar.py", "a") as file:
+        file.write("\n# an edit to the grammar\n")
+    assert cache_folders()[0] != before
