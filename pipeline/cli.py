@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 # stage -> (help, takes a device)
 STAGES = {
-    "download": ("Fetch and verify the dataset's IDX files into data/raw/<dataset>/.", False),
+    "download": ("Fetch and verify the data set's images and labels into data/raw/<dataset>/.", False),
     "dwt": ("DWT of every image into data/dwt/, with a perfect-reconstruction check.", False),
     "tokenize": ("Token sequences of every image into Parquet shards in data/tokens/.", False),
     "train": ("Train the transformer on data/tokens; the model goes to data/model/.", True),
@@ -36,7 +36,8 @@ def run_stage(name: str, params_path: Path, device: str) -> None:
     """Validate the stage's params, run it, and turn foreseeable failures into one line."""
     try:
         module = importlib.import_module(f"{__package__}.stages.{name}")
-        p = params_mod.load(params_path, module.PARAMS)
+        # download writes the images the data set has; the stages after it carry 28 x 28 grey only
+        p = params_mod.load(params_path, module.PARAMS, any_image=name == "download")
         if "threads" in module.PARAMS:  # before any torch work: the figures depend on the count
             # Reached by name, as the stages are: each stage that declares threads imports
             # devices itself (a test checks), and the stages without torch must not depend on it.

@@ -6,6 +6,10 @@ overrides win over both. Each stage declares the keys it reads (`PARAMS`, the sa
 in dvc.yaml); those are validated before any work starts and nothing else can be read. A bad value
 or an unknown key raises ParamError, which the CLI prints as one line with exit code 2.
 
+A few rules span keys, checked by `load` after the groups: dataset folder needs folder.path, a
+published data set's images are what they are, and every stage but download refuses images the
+stages after it cannot carry yet (28 x 28 grey only, until issue #20).
+
 Each group is a frozen, strict pydantic dataclass refusing unknown keys (`dataclasses.asdict` and
 `replace` work on it; `replace` validates again); `_param_error` words pydantic's first error.
 """
@@ -29,7 +33,12 @@ from pydantic.dataclasses import dataclass
 from pydantic.functional_validators import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError, ValidationError
 
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar10_jpeg", "folder")  # conf/dataset/<name>.yaml
+# The images of the published data sets, (image.size, image.channels); folder converts to what image asks.
+NATIVE_IMAGES = {"mnist": (28, 1), "fashion_mnist": (28, 1), "cifar10": (32, 3), "cifar10_jpeg": (32, 3)}
+# What the stages after download carry today: 28 x 28 is built into the languages, the classifier and
+# the sample format, one channel into all of them.
+CARRIED_IMAGE = (28, 1)
 TOKENIZER_METHODS = ("zeroblock", "zerotree", "pixels")
 INITIAL_THRESHOLDS = ("per_image", "uniform")
 PRECISIONS = ("bf16", "fp32")
@@ -134,6 +143,19 @@ TOP_LEVEL = {
     # torch's CPU figures depend on its intra-op thread count, so it is a param (conf/config.yaml).
     "threads": Count,
 }
+
+
+@_group
+class ImageParams:
+    size: Annotated[int, Field(ge=8, le=256)]  # height = width, in pixels
+    channels: Annotated[Literal[1, 3], _explained("1 (grey) or 3 (RGB)")]
+
+
+@_group
+class FolderParams:  # dataset folder's; null for the other data sets
+    path: str | None  # the folder of images (required with dataset folder)
+    test_share: Annotated[Number, Field(gt=0.0, lt=1.0)]  # of each class, when the folder has no train/ and test/
+    seed: Seed  # of that split
 
 
 @_group
@@ -257,9 +279,10 @@ class EvalParams:
     seed: Seed
 
 
-GROUPS = {"dwt": DwtParams, "tokenizer": TokenizerParams, "model": ModelParams, "train": TrainParams,
-          "sample": SampleParams, "tune": TuneParams, "complete": CompleteParams,
-          "train_classifier": TrainClassifierParams, "eval": EvalParams}
+GROUPS = {"image": ImageParams, "folder": FolderParams, "dwt": DwtParams, "tokenizer": TokenizerParams,
+          "model": ModelParams, "train": TrainParams, "sample": SampleParams, "tune": TuneParams,
+          "complete": CompleteParams, "train_classifier": TrainClassifierParams, "eval": EvalParams}
+NULLABLE_GROUPS = ("folder",)  # null when its data set is not chosen
 ALL_KEYS = (*TOP_LEVEL, *GROUPS)
 _TOP_LEVEL = {key: TypeAdapter(schema, config=ConfigDict(strict=True)) for key, schema in TOP_LEVEL.items()}
 
@@ -302,6 +325,8 @@ def validate(key: str, value: Any) -> Any:
     try:
         if key in TOP_LEVEL:
             return _TOP_LEVEL[key].validate_python(value)
+        if value is None and key in NULLABLE_GROUPS:
+            return None
         if not isinstance(value, dict):
             raise ParamError(key, value, "a mapping of the group's keys (see params.yaml in the repository)")
         return GROUPS[key](**{str(name): item for name, item in value.items()})
@@ -344,10 +369,51 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def load(path: str | Path = "params.yaml", keys: tuple[str, ...] = ()) -> Params:
-    """Read params.yaml and validate the named top-level keys and groups (nothing else is read)."""
+def _check_folder(dataset: str | None, folder: FolderParams | None) -> None:
+    if dataset != "folder":
+        return
+    if folder is None or folder.path is None:
+        raise ParamError("folder.path", None, "the folder of your images with dataset folder "
+                         "(-S folder.path=/abs/path; README, Data sets)")
+    if not Path(folder.path).is_dir():
+        raise ParamError("folder.path", folder.path, "an existing directory (absolute, or relative to the "
+                         "repository root)")
+
+
+def _looks(size: int, channels: int) -> str:
+    return f"{size} x {size} {'grey' if channels == 1 else 'RGB'}"
+
+
+def _refuse_image(image: ImageParams, expected: tuple[int, int], why: str) -> None:
+    for key, value, allowed in (("channels", image.channels, expected[1]), ("size", image.size, expected[0])):
+        if value != allowed:
+            raise ParamError(f"image.{key}", value, f"{allowed}: {why}")
+
+
+def _check_image(dataset: str | None, image: ImageParams, any_image: bool) -> None:
+    """A published data set's images are what they are; and unless `any_image`, they must be what
+    the stages after download carry."""
+    if dataset in NATIVE_IMAGES:
+        _refuse_image(image, NATIVE_IMAGES[dataset], f"dataset {dataset} has {_looks(*NATIVE_IMAGES[dataset])} "
+                      "images (only dataset folder converts)")
+    if not any_image:
+        _refuse_image(image, CARRIED_IMAGE, f"the stages after download carry {_looks(*CARRIED_IMAGE)} images "
+                      "only (colour and other sizes: issue #20)")
+
+
+def load(path: str | Path = "params.yaml", keys: tuple[str, ...] = (), any_image: bool = False) -> Params:
+    """Read params.yaml and validate the named top-level keys and groups (nothing else is read).
+
+    `any_image`: the download stage's, which writes any image size and channels the data set has
+    or params.yaml asks for; every other stage refuses images the stages after download cannot
+    carry yet (`CARRIED_IMAGE`)."""
     raw = read_yaml(path)
     for key in raw:
         if key not in ALL_KEYS:  # a typo (here or in a conf/ profile) must not pass unnoticed
             raise ParamError(str(key), raw[key], "no such key; known keys: " + ", ".join(ALL_KEYS))
-    return Params({key: validate(key, raw.get(key)) for key in keys})
+    values = {key: validate(key, raw.get(key)) for key in keys}
+    if "folder" in values:
+        _check_folder(values.get("dataset"), values["folder"])
+    if "image" in values:
+        _check_image(values.get("dataset"), values["image"], any_image)
+    return Params(values)

@@ -1,25 +1,29 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 
 import numpy as np
 import pytest
 
+from pipeline.datasets import idx_files
+from pipeline.datasets.sources import MIRROR_ENV, ChecksumError, DownloadError
 from pipeline.stages import download
 
 
 @pytest.fixture
 def offline(monkeypatch):
     """No public servers or system packages: only the mirror a test sets up counts."""
-    monkeypatch.setattr(download, "PUBLIC_URLS", {name: [] for name in download.PUBLIC_URLS})
-    monkeypatch.setattr(download, "DEBIAN_DIRS", {})
+    monkeypatch.setattr(idx_files, "PUBLIC_URLS", {name: [] for name in idx_files.PUBLIC_URLS})
+    monkeypatch.setattr(idx_files, "DEBIAN_DIRS", {})
 
 
 def test_mirror_gives_verified_arrays(mnist_raw):
     folder = mnist_raw
     assert sorted(p.name for p in folder.iterdir()) == [
-        "test_images.npy", "test_labels.npy", "train_images.npy", "train_labels.npy"]
+        "classes.json", "test_images.npy", "test_labels.npy", "train_images.npy", "train_labels.npy"]
+    assert json.loads((folder / "classes.json").read_text()) == [str(digit) for digit in range(10)]
     train = np.load(folder / "train_images.npy")
     labels = np.load(folder / "train_labels.npy")
     assert train.shape == (60000, 28, 28) and train.dtype == np.uint8
@@ -35,24 +39,24 @@ def test_corrupted_mirror_file_is_rejected_and_nothing_left(tmp_path, mirror, mo
     content = bytearray(gzip.decompress((bad / f"{name}.gz").read_bytes()))
     content[100] ^= 1
     (bad / f"{name}.gz").write_bytes(gzip.compress(bytes(content)))
-    monkeypatch.setenv(download.MIRROR_ENV, str(tmp_path / "mirror"))
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "mirror"))
     out = tmp_path / "raw" / "mnist"
-    with pytest.raises(download.ChecksumError) as error:
+    with pytest.raises(ChecksumError) as error:
         download.run("mnist", raw=out)
     message = str(error.value)
-    assert name in message and download.SHA256["mnist"][name] in message
+    assert name in message and idx_files.SHA256["mnist"][name] in message
     import hashlib
     assert hashlib.sha256(bytes(content)).hexdigest() in message
     assert not out.exists() and (not out.parent.exists() or list(out.parent.rglob("*")) == [])
 
 
 def test_no_source_lists_what_was_tried(tmp_path, monkeypatch, offline):
-    monkeypatch.setenv(download.MIRROR_ENV, str(tmp_path / "empty"))
-    with pytest.raises(download.DownloadError) as error:
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "empty"))
+    with pytest.raises(DownloadError) as error:
         download.run("fashion_mnist", raw=tmp_path / "raw" / "fashion_mnist")
     message = str(error.value)
     assert str(tmp_path / "empty" / "fashion-mnist") in message
-    assert download.MIRROR_ENV in message
+    assert MIRROR_ENV in message
     assert not (tmp_path / "raw" / "fashion_mnist").exists()
 
 
@@ -62,16 +66,15 @@ def test_uncompressed_files_and_fashion_mnist(tmp_path, mirror, monkeypatch, off
     plain.mkdir()
     for gz in (mirror / "fashion-mnist").glob("*.gz"):
         (plain / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
-    monkeypatch.delenv(download.MIRROR_ENV, raising=False)
-    monkeypatch.setattr(download, "DEBIAN_DIRS", {"fashion_mnist": [str(plain)]})
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    monkeypatch.setattr(idx_files, "DEBIAN_DIRS", {"fashion_mnist": [str(plain)]})
     folder = download.run("fashion_mnist", raw=tmp_path / "raw" / "fashion_mnist")
     assert folder == tmp_path / "raw" / "fashion_mnist"
     assert np.load(folder / "test_labels.npy").shape == (10000,)
 
 
-def test_sources_order(monkeypatch):
-    monkeypatch.setenv(download.MIRROR_ENV, "https://example.org/datasets/")
-    found = [s.location for s in download.sources("fashion_mnist")]
+def test_sources_order():
+    found = [s.location for s in idx_files.sources("fashion_mnist", "https://example.org/datasets/")]
     assert found[0] == "https://example.org/datasets/fashion-mnist"
     assert found[1] == "/usr/share/datasets/fashion-mnist"
-    assert found[2:] == download.PUBLIC_URLS["fashion_mnist"]
+    assert found[2:] == idx_files.PUBLIC_URLS["fashion_mnist"]

@@ -33,7 +33,7 @@ def test_defaults_are_valid():
 
 
 BAD = [
-    ("dwt", {"dataset": "cifar10"}, "dataset", "mnist, fashion_mnist"),
+    ("dwt", {"dataset": "cifar100"}, "dataset", "mnist, fashion_mnist, cifar10, cifar10_jpeg, folder"),
     ("dwt", {"wavelet": "haar2"}, "wavelet", "bior4.4"),
     ("dwt", {"wavelet": "morl"}, "wavelet", "db2"),  # continuous wavelets cannot do a DWT
     ("dwt", {"dwt.limit": 0}, "dwt.limit", ">= 1"),
@@ -59,6 +59,10 @@ BAD = [
     ("sample", {"threads": True}, "threads", "an integer"),
     ("train", {"train.lr": "4e-4x"}, "train.lr", "a number"),
     ("tokenize", {"tokenizer.bpe_vocab_size": 5}, "tokenizer.bpe_vocab_size", "0 (off), or 9..65536"),
+    ("download", {"image.size": 300}, "image.size", "an integer <= 256"),
+    ("download", {"image.channels": 2}, "image.channels", "1 (grey) or 3 (RGB)"),
+    ("download", {"image.size": 32}, "image.size", "28: dataset mnist has 28 x 28 grey images (only dataset folder"),
+    ("download", {"folder": {"path": "/x", "test_share": 1.0, "seed": 0}}, "folder.test_share", "< 1.0"),
 ]
 
 
@@ -71,8 +75,52 @@ def test_bad_value_is_refused_with_one_clear_line(tmp_path, monkeypatch, command
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     value = list(override.values())[0]
+    value = value[key.split(".")[-1]] if isinstance(value, dict) else value  # a whole group: its bad key's value
     assert f"{key}={value!r}" in lines[0] and allowed in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def _cli(tmp_path: Path, command: str, override: dict):
+    """`python -m pipeline <command>` (in process) on params.yaml with `override` (whole keys)."""
+    Path("params.yaml").write_text(yaml.safe_dump({**DEFAULTS, **override}))
+    result = CliRunner().invoke(app, [command])
+    lines = [line for line in result.output.splitlines() if line.startswith("error")]
+    return result.exit_code, lines[0] if lines else result.output
+
+
+@pytest.mark.parametrize("stage", ["dwt", "tokenize", "train_classifier", "tune", "complete", "evaluate"])
+def test_the_stages_after_download_refuse_colour_and_other_sizes(tmp_path, monkeypatch, stage):
+    monkeypatch.chdir(tmp_path)
+    code, line = _cli(tmp_path, stage, {"dataset": "cifar10_jpeg", "image": {"size": 32, "channels": 3}})
+    assert code == 2 and "image.channels=3 is not allowed; expected 1: the stages after download carry 28 x 28 " \
+                          "grey images only (colour and other sizes: issue #20)" in line, line
+    folder = {"path": str(tmp_path), "test_share": 0.1, "seed": 0}
+    code, line = _cli(tmp_path, stage, {"dataset": "folder", "image": {"size": 32, "channels": 1}, "folder": folder})
+    assert code == 2 and "image.size=32 is not allowed; expected 28: the stages after download" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_download_takes_colour_and_other_sizes_and_a_folder_needs_its_path(tmp_path, monkeypatch):
+    from pipeline.stages import download
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({**DEFAULTS, "dataset": "cifar10_jpeg", "image": {"size": 32, "channels": 3}}))
+    p = params.load(path, download.PARAMS, any_image=True)
+    assert (p.dataset, p.image.size, p.image.channels, p.folder) == ("cifar10_jpeg", 32, 3, None)
+    monkeypatch.chdir(tmp_path)
+    folder = {"path": None, "test_share": 0.1, "seed": 0}
+    code, line = _cli(tmp_path, "download", {"dataset": "folder", "folder": folder})
+    assert code == 2 and "folder.path=None is not allowed; expected the folder of your images" in line, line
+    code, line = _cli(tmp_path, "download", {"dataset": "folder", "folder": {**folder, "path": "no/such/dir"}})
+    assert code == 2 and "folder.path='no/such/dir' is not allowed; expected an existing directory" in line, line
+
+
+def test_every_stage_that_reads_the_data_set_declares_its_images():
+    from pipeline.cli import STAGES
+
+    for stage in STAGES:  # so that params.load refuses what the stages after download cannot carry
+        declared = importlib.import_module(f"pipeline.stages.{stage}").PARAMS
+        assert "dataset" not in declared or "image" in declared, stage
 
 
 def test_unknown_and_missing_keys_are_refused():
@@ -172,6 +220,21 @@ def test_gpu_profile_lays_its_values_over_the_groups_and_explicit_overrides_win(
     assert p.sample.per_class * 10 == p.eval.num_samples == 10000
     cpu = params.load(REPO / "params.yaml", params.ALL_KEYS)
     assert cpu.tokenizer.final_exponent == -1 and cpu.model.n_layer == 4
+
+
+def test_a_data_set_is_a_config_group_and_explicit_overrides_win(tmp_path):
+    assert (DEFAULTS["dataset"], DEFAULTS["image"], DEFAULTS["folder"]) == ("mnist", {"size": 28, "channels": 1}, None)
+    cifar = compose("dataset=cifar10_jpeg")
+    assert (cifar["dataset"], cifar["image"], cifar["folder"]) == ("cifar10_jpeg", {"size": 32, "channels": 3}, None)
+    assert compose("dataset=fashion_mnist")["image"] == {"size": 28, "channels": 1}
+    for overrides in (("dataset=folder", "folder.path=/data", "image.channels=3"),
+                      ("image.channels=3", "folder.path=/data", "dataset=folder")):
+        mine = compose(*overrides)
+        assert mine["image"] == {"size": 28, "channels": 3}
+        assert mine["folder"] == {"path": "/data", "test_share": 0.1, "seed": 0}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(cifar))
+    assert params.load(path, ("dataset", "image", "folder"), any_image=True).image.channels == 3
 
 
 def test_a_stage_cannot_read_a_key_it_did_not_declare():

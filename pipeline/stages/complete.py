@@ -29,7 +29,7 @@ from ..models.samplers import load_sampler
 from ..params import Params
 from ..progress import log
 
-PARAMS = ("profile", "threads", "dataset", "sample", "complete")
+PARAMS = ("profile", "threads", "dataset", "image", "sample", "complete")
 INPUTS = {"model": "data/model", "tokens": "data/tokens", "classifier": "data/classifier", "raw": "data/raw/{dataset}"}
 OUTPUTS = {"metrics": "reports/complete.json", "figures": "reports/complete"}
 SHOWN = 3  # images per k in the figure

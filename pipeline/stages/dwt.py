@@ -14,7 +14,7 @@ from ..idx import SPLITS, load_split
 from ..io import atomic_dir, stage_paths, write_json
 from ..progress import log, track
 
-PARAMS = ("dataset", "wavelet", "dwt")
+PARAMS = ("dataset", "image", "wavelet", "dwt")
 INPUTS = {"raw": "data/raw/{dataset}"}
 OUTPUTS = {"dwt": "data/dwt", "metrics": "reports/dwt.json"}
 RECONSTRUCTION_TOLERANCE = 1e-9

@@ -33,7 +33,7 @@ from ..metrics import CLASSIFIER, Scorer, class_balanced, class_matched, referen
 from ..params import Params
 from ..progress import log
 
-PARAMS = ("profile", "threads", "dataset", "eval")
+PARAMS = ("profile", "threads", "dataset", "image", "eval")
 INPUTS = {"samples": "data/samples", "tuned": "data/tuned", "classifier": "data/classifier",
           "raw": "data/raw/{dataset}", "tokens_meta": "data/tokens/meta.json",
           "train_metrics": "reports/train/metrics.json", "tokenize_metrics": "reports/tokenize.json",

@@ -21,7 +21,7 @@ from ..languages.wavelet import WaveletLanguage
 from ..params import Params
 from ..progress import log, track
 
-PARAMS = ("dataset", "wavelet", "tokenizer")
+PARAMS = ("dataset", "image", "wavelet", "tokenizer")
 INPUTS = {"dwt": "data/dwt"}
 OUTPUTS = {"tokens": "data/tokens", "metrics": "reports/tokenize.json",
            "length_histogram": "reports/tokenize/length_histogram.png",

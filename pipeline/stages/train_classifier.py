@@ -20,7 +20,7 @@ from ..models.classifier import DigitClassifier, predict, to_input
 from ..params import Params
 from ..progress import log, track
 
-PARAMS = ("profile", "threads", "dataset", "train_classifier")
+PARAMS = ("profile", "threads", "dataset", "image", "train_classifier")
 INPUTS = {"raw": "data/raw/{dataset}"}
 OUTPUTS = {"classifier": "data/classifier", "metrics": "reports/classifier.json"}
 

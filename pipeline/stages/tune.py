@@ -28,7 +28,7 @@ from ..models.samplers import load_sampler
 from ..params import Params
 from ..progress import log
 
-PARAMS = ("profile", "threads", "dataset", "sample", "tune")
+PARAMS = ("profile", "threads", "dataset", "image", "sample", "tune")
 INPUTS = {"model": "data/model", "classifier": "data/classifier", "raw": "data/raw/{dataset}"}
 OUTPUTS = {"tuned": "data/tuned", "metrics": "reports/tune.json", "figures": "reports/tune"}
 FEATURE_BATCH = 200
