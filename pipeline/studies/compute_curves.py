@@ -39,6 +39,14 @@ SYSTEMS = {  # system -> (name in the table and figure, overrides)
     "zerotree-context": ("wavelet: zero-tree, haar, f = -1, scan context",
                          ["wavelet=haar", "tokenizer.method=zerotree", "tokenizer.final_exponent=-1",
                           "tokenizer.bpe_vocab_size=0", "model.context=scan"]),
+    # The frontier's candidates (reports/frontier.md): finer planes with merges, shorter than f = -1
+    # unmerged (161 and 269 tokens against 359) at a ceiling near the pixel language's.
+    "zerotree-f2-bpe256": ("wavelet: zero-tree, haar, f = -2, BPE 256",
+                           ["wavelet=haar", "tokenizer.method=zerotree", "tokenizer.final_exponent=-2",
+                            "tokenizer.bpe_vocab_size=256", "model.context=none"]),
+    "zerotree-f3-bpe256": ("wavelet: zero-tree, haar, f = -3, BPE 256",
+                           ["wavelet=haar", "tokenizer.method=zerotree", "tokenizer.final_exponent=-3",
+                            "tokenizer.bpe_vocab_size=256", "model.context=none"]),
 }
 # The completion stage is not part of the study: one small setting keeps it from costing a row's time.
 LIGHT = ["complete.prefix_planes=[2]", "complete.images=20", "complete.completions=1"]
