@@ -60,3 +60,31 @@ def test_bpe_tradeoff_table_and_figure(tmp_path, monkeypatch):
     assert (tmp_path / "b.png").stat().st_size > 10_000
     assert bpe_study.overrides(0, 1e13)[-3:] == ["tokenizer.bpe_vocab_size=0", "train.flops=1e+13", "train.seed=0"]
     assert bpe_study.row_name(0, 2) == "bpe-7-s2"
+
+
+def test_every_compute_curve_point_composes_to_valid_params(tmp_path):
+    """Each system's overrides, composed as `dvc exp run -S` composes them, give params every stage
+    accepts, at the point's budget and seed, in the language the system is named for."""
+    import yaml
+    from dvc.utils.hydra import compose_and_dump
+    from conftest import REPO
+
+    from pipeline import params
+    from pipeline.studies import compute_curves
+
+    for system in compute_curves.SYSTEMS:
+        out = tmp_path / f"{system}.yaml"
+        compose_and_dump(out, str(REPO / "conf"), None, "config", str(tmp_path),
+                         compute_curves.overrides(system, 4e13, seed=1))
+        p = params.load(out, params.ALL_KEYS)
+        assert (p.train.flops, p.train.seed) == (4e13, 1), system
+        language = (p.tokenizer.method, p.tokenizer.final_exponent, p.tokenizer.bpe_vocab_size, p.model.context)
+        assert language == (LANGUAGES[system] if system.startswith("zerotree") else language), system
+        assert yaml.safe_load(out.read_text())["model"]["family"] == (
+            "diffusion" if system == "diffusion" else "transformer"), system
+    assert compute_curves.overrides("pixels", 1e13)[:2] == ["tokenizer.method=pixels", "tokenizer.pixel_levels=4"]
+
+
+# The wavelet systems' (method, f, BPE ids, context): what their names say.
+LANGUAGES = {"zerotree": ("zerotree", -1, 0, "none"), "zerotree-context": ("zerotree", -1, 0, "scan"),
+             "zerotree-f2-bpe256": ("zerotree", -2, 256, "none"), "zerotree-f3-bpe256": ("zerotree", -3, 256, "none")}
