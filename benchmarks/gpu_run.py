@@ -38,7 +38,9 @@ def compose(path: Path, overrides: list[str]) -> dict:
 
 def run(command: list[str], cwd: Path, device: str, log: Path) -> float:
     """A command with the repository on the path; its seconds. Output goes to the log and stdout."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WAVELET_DEVICE": device}
+    # The repository first, then whatever the caller had (carried packages installed with --target).
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "WAVELET_DEVICE": device}
     start = time.perf_counter()
     print("$ " + " ".join(command), flush=True)
     with open(log, "a") as handle:
@@ -65,17 +67,28 @@ def main() -> None:
     clock = time.perf_counter()
     overrides = ["profile=gpu"] + (TINY if args.tiny else [])
     params = compose(work / "params.yaml", overrides)
-    seconds = {}
+    # Written after every step, "complete" last: a run cut short by its time limit keeps its figures.
+    figures = {"date": str(date.today()), "tiny": args.tiny, "complete": False, "seconds": {}}
+
+    def save() -> None:
+        figures["seconds"]["total"] = time.perf_counter() - clock
+        (args.out / "gpu_run.json").write_text(json.dumps(figures, indent=2) + "\n")
+
+    def record(step: str, command: list[str]) -> None:
+        figures["seconds"][step] = run(command, work, args.device, log)
+        save()
+
     for stage in ("download", "dwt", "tokenize"):
-        seconds[stage] = run([python, "-m", "pipeline", stage], work, args.device, log)
+        record(stage, [python, "-m", "pipeline", stage])
 
     shape = "small" if args.tiny else "distilgpt2"
-    seconds["train_benchmark"] = run(
-        [python, str(REPO / "benchmarks/train_speed.py"), "--shape", shape, "--device", args.device,
-         "--batch-size", str(params["train"]["batch_size"]), "--steps", "5" if args.tiny else "30",
-         "--tokens", "data/tokens", "--json", "train_speed.json"] + ([] if args.tiny else ["--compile"]),
-        work, args.device, log)
+    record("train_benchmark",
+           [python, str(REPO / "benchmarks/train_speed.py"), "--shape", shape, "--device", args.device,
+            "--batch-size", str(params["train"]["batch_size"]), "--steps", "5" if args.tiny else "30",
+            "--tokens", "data/tokens", "--json", "train_speed.json"] + ([] if args.tiny else ["--compile"]))
     speed = json.loads((work / "train_speed.json").read_text())
+    figures.update(device=speed["device"], torch=speed["torch"], train_benchmark=speed)
+    save()
 
     # The short run: as many steps as the measured speed fits in the budget.
     meta = json.loads((work / "data/tokens/meta.json").read_text())
@@ -84,31 +97,29 @@ def main() -> None:
     overrides += [f"train.steps={steps}", f"train.warmup_steps={max(1, min(500, steps // 10))}",
                   f"train.eval_every={max(1, steps // 4)}", f"train.checkpoint_every={steps}"]
     compose(work / "params.yaml", overrides)
-    for stage in ("train", "sample"):
-        seconds[stage] = run([python, "-m", "pipeline", stage], work, args.device, log)
-    seconds["sample_benchmark"] = run(
-        [python, str(REPO / "benchmarks/sample_speed.py"), "--model", "data/model", "--device", args.device,
-         "--samples", "40" if args.tiny else "2000", "--slots", str(params["sample"]["batch_size"]),
-         "--top-p", str(params["sample"]["top_p"]), "--cfg-scale", str(params["sample"]["cfg_scale"]),
-         "--json", "sample_speed.json"], work, args.device, log)
-
+    record("train", [python, "-m", "pipeline", "train"])
     trained = json.loads((work / "reports/train/metrics.json").read_text())
+    short_run = {"steps": steps, "train_minutes": trained["train_seconds"] / 60,
+                 "train_tokens_per_s": trained["train_tokens_per_s"], "train_flops": trained["train_flops"],
+                 "test_bits_per_token": trained["test"]["bits_per_token"],
+                 "test_bits_per_image": trained["test"]["bits_per_image"]}
+    figures["short_run"] = short_run
+    record("sample", [python, "-m", "pipeline", "sample"])
     sampled = json.loads((work / "reports/sample.json").read_text())
-    figures = {
-        "date": str(date.today()), "device": speed["device"], "torch": speed["torch"], "tiny": args.tiny,
-        "train_benchmark": speed, "sample_benchmark": json.loads((work / "sample_speed.json").read_text()),
-        "short_run": {"steps": steps, "train_minutes": trained["train_seconds"] / 60,
-                      "train_tokens_per_s": trained["train_tokens_per_s"], "train_flops": trained["train_flops"],
-                      "test_bits_per_token": trained["test"]["bits_per_token"],
-                      "test_bits_per_image": trained["test"]["bits_per_image"],
-                      "samples": sampled["samples"], "sample_images_per_s": sampled["images_per_s"],
-                      "traffic_ratio": sampled["traffic_ratio"], "cache_ratio": sampled["cache_ratio"],
-                      "mean_sample_length": sampled["length_mean"]},
-        "seconds": {**seconds, "total": time.perf_counter() - clock},
-        "samples": str(work / "data/samples/samples.parquet"),
-    }
-    (args.out / "gpu_run.json").write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures["short_run"], indent=2))
+    short_run.update(samples=sampled["samples"], sample_images_per_s=sampled["images_per_s"],
+                     traffic_ratio=sampled["traffic_ratio"], cache_ratio=sampled["cache_ratio"],
+                     mean_sample_length=sampled["length_mean"])
+    figures["samples"] = str(work / "data/samples/samples.parquet")
+    save()
+    record("sample_benchmark",
+           [python, str(REPO / "benchmarks/sample_speed.py"), "--model", "data/model", "--device", args.device,
+            "--samples", "40" if args.tiny else "2000", "--slots", str(params["sample"]["batch_size"]),
+            "--top-p", str(params["sample"]["top_p"]), "--cfg-scale", str(params["sample"]["cfg_scale"]),
+            "--json", "sample_speed.json"])
+    figures["sample_benchmark"] = json.loads((work / "sample_speed.json").read_text())
+    figures["complete"] = True
+    save()
+    print(json.dumps(short_run, indent=2))
     print(f"wrote {args.out / 'gpu_run.json'} in {figures['seconds']['total'] / 60:.1f} min")
 
 

@@ -14,6 +14,16 @@ PYTHON=${PYTHON:-python}
 if [ -n "${WHEELS:-}" ]; then  # the stages find this repository on PYTHONPATH: only its dependencies install
   "$PYTHON" -m pip install --quiet --no-index --no-deps "$WHEELS"/*.whl
 fi
+# Every module the run's stages import, checked before any step: a missing package is named in
+# seconds rather than after the data stages (pydantic was, on the first H200 run).
+"$PYTHON" - <<'PY'
+import importlib.util, sys
+needed = ["dvc", "dvclive", "hydra", "matplotlib", "numba", "numpy", "pandas", "pyarrow", "pydantic", "pywt", "rich",
+          "tokenizers", "torch", "transformers", "typer", "yaml"]
+missing = [name for name in needed if importlib.util.find_spec(name) is None]
+if missing:
+    sys.exit(f"gpu_run: this Python lacks {', '.join(missing)}: add their wheels (benchmarks/gpu_wheels.sh)")
+PY
 args=("$@")
 if [ "${GPU_RUN_TINY:-0}" = 1 ]; then args+=(--tiny); fi
 exec "$PYTHON" benchmarks/gpu_run.py "${args[@]}"
