@@ -88,3 +88,33 @@ def test_every_compute_curve_point_composes_to_valid_params(tmp_path):
 # The wavelet systems' (method, f, BPE ids, context): what their names say.
 LANGUAGES = {"zerotree": ("zerotree", -1, 0, "none"), "zerotree-context": ("zerotree", -1, 0, "scan"),
              "zerotree-f2-bpe256": ("zerotree", -2, 256, "none"), "zerotree-f3-bpe256": ("zerotree", -3, 256, "none")}
+
+
+def test_compute_curves_keep_recorded_points_and_prefer_this_clones_experiments(tmp_path, monkeypatch):
+    """Experiment refs do not survive a new clone: the table regenerates from its record, and a
+    point this clone ran replaces the recorded row of the same point."""
+    import json
+
+    from pipeline.studies import compute_curves
+
+    def experiment(fid: float, budget: float, seed: int) -> dict:
+        metrics = _metrics(fid)
+        return {"metrics": metrics, "params": {"train": {"flops": budget, "seed": seed}}, "baseline": "abc1234",
+                "files": {"reports/metrics.json": metrics, "reports/train/metrics.json": {"steps": 300}}}
+
+    record = tmp_path / "c.json"
+    recorded = [compute_curves.row("pixels", experiment(120.0, 4e13, 0)),
+                compute_curves.row("zerotree", experiment(300.0, 4e13, 0))]
+    record.write_text(json.dumps(recorded))
+    monkeypatch.setattr(compute_curves, "experiments", lambda: {"cc-zerotree-4e13": experiment(250.0, 4e13, 0),
+                                                                "cc-zerotree-1e13-s1": experiment(400.0, 1e13, 1)})
+    compute_curves.table(tmp_path / "c.md", tmp_path / "c.png", record)
+    rows = [line for line in (tmp_path / "c.md").read_text().splitlines() if line.startswith("| ")][1:]
+    assert [r.split(" | ")[0] for r in rows] == ["| pixels (4 levels)"] + ["| wavelet: zero-tree, haar, f = -1"] * 2
+    assert "| 120.0 |" in rows[0] and "| 400.0 |" in rows[1] and "| 250.0 |" in rows[2] and "300.0" not in rows[2]
+    kept = json.loads(record.read_text())
+    assert sorted((r["system"], r["budget"], r["seed"], r["generated_inception"]) for r in kept) == [
+        ("pixels", 4e13, 0, 120.0), ("zerotree", 1e13, 1, 400.0), ("zerotree", 4e13, 0, 250.0)]
+    monkeypatch.setattr(compute_curves, "experiments", lambda: {})  # a new clone: the record alone
+    compute_curves.table(tmp_path / "d.md", tmp_path / "d.png", record)
+    assert (tmp_path / "d.md").read_text().split("\n", 1)[1] == (tmp_path / "c.md").read_text().split("\n", 1)[1]
