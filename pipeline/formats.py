@@ -20,13 +20,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .idx import N_CLASSES
+from .idx import DWT_IMAGE
 from .io import InputError, load_labels, load_npy, read_json, require_keys
 from .languages.base import from_description
 from .languages.bpe import MAX_VOCAB
 from .languages.encoded import Encoded
 
 SEQUENCE_COLUMNS = ("tokens", "bp", "i1", "i2")
+
+
+def read_dwt_image(root: str | Path) -> dict:
+    """{height, width, classes} of the images the dwt stage transformed."""
+    path = Path(root) / DWT_IMAGE
+    image = read_json(path, "dwt")
+    if not (isinstance(image.get("height"), int) and isinstance(image.get("width"), int)
+            and isinstance(image.get("classes"), list) and image["classes"]):
+        raise InputError(path, "lacks height, width or classes", "dwt")
+    return image
 
 
 def read_dwt(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +49,8 @@ def read_dwt(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
             or size < 4 or not len(coeffs):
         raise InputError(root / f"{split}_coeffs.npy", f"holds {coeffs.dtype} of shape {coeffs.shape}, not "
                          "(N, M, M) float64 with M a power of two", "dwt")
-    return coeffs, load_labels(root / f"{split}_labels.npy", len(coeffs), N_CLASSES, "dwt")
+    n_classes = len(read_dwt_image(root)["classes"])
+    return coeffs, load_labels(root / f"{split}_labels.npy", len(coeffs), n_classes, "dwt")
 
 
 def token_type(vocab_size: int) -> pa.DataType:
@@ -227,7 +238,7 @@ class Samples:
     images: np.ndarray  # (N, H, W) uint8
 
 
-def read_samples(path: str | Path, height: int = 28, width: int = 28) -> Samples:
+def read_samples(path: str | Path, height: int, width: int) -> Samples:
     """A samples.parquet, checked: every image has height x width pixels."""
     path = Path(path)
     table = _read_table(path, samples_schema(256), "sample", alternative=samples_schema(MAX_VOCAB))

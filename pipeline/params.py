@@ -7,8 +7,9 @@ in dvc.yaml); those are validated before any work starts and nothing else can be
 or an unknown key raises ParamError, which the CLI prints as one line with exit code 2.
 
 A few rules span keys, checked by `load` after the groups: dataset folder needs folder.path, a
-published data set's images are what they are, and every stage but download refuses images the
-stages after it cannot carry yet (28 x 28 grey only, until issue #20).
+published data set's images are what they are, every stage but download refuses images the
+stages after it cannot carry yet (grey only, until issue #20 brings colour), and a per-level
+tokenizer.final_exponent has one value per decomposition level of image.size.
 
 Each group is a frozen, strict pydantic dataclass refusing unknown keys (`dataclasses.asdict` and
 `replace` work on it; `replace` validates again); `_param_error` words pydantic's first error.
@@ -36,9 +37,9 @@ from pydantic_core import PydanticCustomError, ValidationError
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar10_jpeg", "folder")  # conf/dataset/<name>.yaml
 # The images of the published data sets, (image.size, image.channels); folder converts to what image asks.
 NATIVE_IMAGES = {"mnist": (28, 1), "fashion_mnist": (28, 1), "cifar10": (32, 3), "cifar10_jpeg": (32, 3)}
-# What the stages after download carry today: 28 x 28 is built into the languages, the classifier and
-# the sample format, one channel into all of them.
-CARRIED_IMAGE = (28, 1)
+# What the stages after download carry today: grey images of any size (one channel is built into the
+# languages, the classifier and the sample format).
+CARRIED_CHANNELS = 1
 TOKENIZER_METHODS = ("zeroblock", "zerotree", "pixels")
 INITIAL_THRESHOLDS = ("per_image", "uniform")
 PRECISIONS = ("bf16", "fp32")
@@ -51,10 +52,6 @@ CONTEXTS = ("none", "scan")  # scan: the model also sees scan-state features (la
 # most what uint16 holds (pipeline.languages.bpe.MAX_VOCAB); kept here so that loading params stays light,
 # and equal to those by a test.
 BPE_BASE_VOCAB, BPE_MAX_VOCAB = 8, 1 << 16
-# Decomposition levels of the 32 x 32 coefficient matrices of both datasets' 28 x 28 images: how many
-# per-level values tokenizer.final_exponent takes (pipeline.languages.grammar.Language(32).levels, equal
-# by a test).
-FINAL_EXPONENT_LEVELS = 4
 
 
 class ParamError(ValueError):
@@ -120,10 +117,16 @@ FinalExponent = Annotated[int, Field(ge=-12, le=3)]
 
 
 def _per_level(values: list[int]) -> list[int]:
-    if len(values) != FINAL_EXPONENT_LEVELS or values != sorted(values):
-        _refuse(f"an integer -12..3, or a list of {FINAL_EXPONENT_LEVELS} of them, one per decomposition level "
-                "from coarse to fine, non-decreasing (a coarse level keeps planes at least as fine as a finer one)")
+    if not values or values != sorted(values):
+        _refuse("an integer -12..3, or a list of them, one per decomposition level from coarse to fine, "
+                "non-decreasing (a coarse level keeps planes at least as fine as a finer one)")
     return values
+
+
+def decomposition_levels(size: int) -> int:
+    """The DWT levels of size x size images, padded to M x M (M = 2^m >= size) and transformed down
+    to a 2 x 2 low-pass block: m - 1 (pipeline.wavelets.Geometry, equal by a test); 4 for 28 x 28."""
+    return max(1, (size - 1).bit_length()) - 1
 
 
 # One final exponent, or one per level. A tagged union, so that an error is the chosen member's
@@ -195,7 +198,7 @@ class ModelParams:
     condition: Literal[CONDITIONS]
     context: Literal[CONTEXTS]
     # The UNet's widths per level: multiples of 8 for its group norm, and at most 3 levels
-    # (32 x 32 images halve at each level but the last).
+    # (the padded square, 32 x 32 for 28 x 28 images, halves at each level but the last).
     unet_channels: Annotated[NonEmpty[Annotated[int, Field(ge=8, multiple_of=8)]], Field(max_length=3)]
 
     @model_validator(mode="after")
@@ -396,9 +399,16 @@ def _check_image(dataset: str | None, image: ImageParams, any_image: bool) -> No
     if dataset in NATIVE_IMAGES:
         _refuse_image(image, NATIVE_IMAGES[dataset], f"dataset {dataset} has {_looks(*NATIVE_IMAGES[dataset])} "
                       "images (only dataset folder converts)")
-    if not any_image:
-        _refuse_image(image, CARRIED_IMAGE, f"the stages after download carry {_looks(*CARRIED_IMAGE)} images "
-                      "only (colour and other sizes: issue #20)")
+    if not any_image and image.channels != CARRIED_CHANNELS:
+        raise ParamError("image.channels", image.channels, f"{CARRIED_CHANNELS}: the stages after download carry "
+                         "grey images only (colour: issue #20)")
+
+
+def _check_final_exponent(tokenizer, image: ImageParams) -> None:
+    final, levels = tokenizer.final_exponent, decomposition_levels(image.size)
+    if isinstance(final, list) and len(final) != levels:
+        raise ParamError("tokenizer.final_exponent", final, f"one integer, or a list of {levels}: "
+                         f"{image.size} x {image.size} images have {levels} decomposition levels")
 
 
 def load(path: str | Path = "params.yaml", keys: tuple[str, ...] = (), any_image: bool = False) -> Params:
@@ -406,7 +416,7 @@ def load(path: str | Path = "params.yaml", keys: tuple[str, ...] = (), any_image
 
     `any_image`: the download stage's, which writes any image size and channels the data set has
     or params.yaml asks for; every other stage refuses images the stages after download cannot
-    carry yet (`CARRIED_IMAGE`)."""
+    carry yet (`CARRIED_CHANNELS`)."""
     raw = read_yaml(path)
     for key in raw:
         if key not in ALL_KEYS:  # a typo (here or in a conf/ profile) must not pass unnoticed
@@ -416,4 +426,6 @@ def load(path: str | Path = "params.yaml", keys: tuple[str, ...] = (), any_image
         _check_folder(values.get("dataset"), values["folder"])
     if "image" in values:
         _check_image(values.get("dataset"), values["image"], any_image)
+    if "tokenizer" in values:
+        _check_final_exponent(values["tokenizer"], values.get("image") or validate("image", raw.get("image")))
     return Params(values)

@@ -230,3 +230,49 @@ def test_bpe_runs_through_the_same_stages(small_repo, mirror):
     shown = json.loads(dvc(small_repo, "exp", "show", "--json", mirror=mirror))
     runs = {r.get("name"): r for baseline_rev in shown for r in (baseline_rev.get("experiments") or [])}
     assert runs["bpe"]["revs"][0]["data"]["params"]["params.yaml"]["data"]["tokenizer"]["bpe_vocab_size"] == 24
+
+
+def _shapes_folder(root: Path, per_class: int = 60) -> None:
+    """A user's image folder: three classes of shapes (a bar, a column, a disc) at mixed sizes and
+    modes (grey, RGB, palette), with noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("bar", "column", "disc")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            size = (20, 24) if i % 2 else (30, 30)
+            y, x = np.mgrid[:size[1], :size[0]]
+            cy, cx = size[1] / 2 + rng.normal(0, 2), size[0] / 2 + rng.normal(0, 2)
+            shape = [abs(y - cy) < 3, abs(x - cx) < 3, (y - cy) ** 2 + (x - cx) ** 2 < 36][c]
+            pixels = np.clip(shape * 200 + rng.normal(20, 10, shape.shape), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels, "L")
+            image = [image, image.convert("RGB"), image.convert("P")][i % 3]
+            image.save(root / name / f"{i}.png")
+
+
+def test_a_users_grey_folder_at_another_size_runs_every_stage(small_repo, mirror, tmp_path):
+    """`-S dataset=folder -S folder.path=... -S image.size=16`: the images, languages, models,
+    classifier and samples follow the folder's size and classes (3 here, not MNIST's 10)."""
+    import numpy as np
+
+    from pipeline.formats import read_samples
+
+    baseline(small_repo)
+    _shapes_folder(tmp_path / "shapes")
+    out = dvc(small_repo, "exp", "run", "-n", "shapes16", "-S", "dataset=folder", "-S",
+              f"folder.path={tmp_path / 'shapes'}", "-S", "folder.test_share=0.34", "-S", "image.size=16",
+              mirror=mirror)
+    assert ran(out) == set(STAGES), out
+    assert np.load(small_repo / "data/raw/folder/train_images.npy").shape[1:] == (16, 16)
+    meta = json.loads((small_repo / "data/tokens/meta.json").read_text())
+    assert meta["classes"] == ["bar", "column", "disc"] and meta["n_classes"] == 3
+    assert (meta["language"]["image_height"], meta["language"]["image_width"], meta["language"]["size"]) == (16, 16, 16)
+    samples = read_samples(small_repo / "data/samples/samples.parquet", 16, 16)
+    assert samples.images.shape[1:] == (16, 16) and set(samples.labels.tolist()) == {0, 1}
+    metrics = json.loads((small_repo / "reports/metrics.json").read_text())
+    assert metrics["counts"]["classes"] == 2 and metrics["generated"]["classifier"]["fid"] > 0
+    classifier = torch.load(small_repo / "data/classifier/classifier.pt", weights_only=False)
+    assert classifier["n_classes"] == 3 and classifier["weights"]["out.weight"].shape == (3, 128)
+    assert 0 <= json.loads((small_repo / "reports/classifier.json").read_text())["test_accuracy"] <= 1

@@ -124,7 +124,7 @@ def test_tokenizer_floor_lies_between_real_data_and_nothing(offline_metrics):
 def test_scrambled_images_score_badly(workspace, offline_metrics, monkeypatch):
     monkeypatch.setattr(metrics_mod, "fid_helper_weights", lambda: None)  # classifier figures suffice here
     metrics, _ = offline_metrics
-    samples = read_samples(workspace / "samples" / "samples.parquet")
+    samples = read_samples(workspace / "samples" / "samples.parquet", 28, 28)
     labels, images = samples.labels, samples.images
     rng = np.random.default_rng(0)
     noisy = rng.permutation(images.reshape(len(images), -1), axis=1).reshape(images.shape)
@@ -185,3 +185,22 @@ def test_a_class_subset_is_compared_with_references_of_those_classes(workspace, 
     finally:
         (tmp_path / "kept.parquet").rename(original)
     assert unmatched > 5 * matched
+
+
+def test_the_classifier_takes_any_size_and_its_pooling_leaves_28_by_28_unchanged():
+    """The adaptive pooling to 7 x 7 is what lets other image sizes through; on MNIST's 28 x 28 it
+    must be the identity, so the classifier (and every classifier-FID) is what it was."""
+    import torch
+
+    from pipeline.models.classifier import DigitClassifier
+
+    torch.manual_seed(0)
+    model = DigitClassifier(10, 8).eval()
+    pool = [i for i, layer in enumerate(model.features) if isinstance(layer, torch.nn.AdaptiveAvgPool2d)]
+    assert len(pool) == 1
+    without_pool = torch.nn.Sequential(*[layer for i, layer in enumerate(model.features) if i != pool[0]])
+    images = torch.rand(5, 1, 28, 28)
+    assert torch.equal(model.features(images), without_pool(images))
+    for size in (16, 32, 64):
+        features, logits = model(torch.rand(2, 1, size, size))
+        assert features.shape == (2, 128) and logits.shape == (2, 10)

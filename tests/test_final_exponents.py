@@ -231,5 +231,9 @@ def test_per_level_languages_are_hashable_and_round_trip_their_description():
     assert Language(32, "zerotree", [-3, -2, -2, -1]) == language.grammar
 
 
-def test_params_take_one_value_per_level_of_the_datasets_matrices():
-    assert params.FINAL_EXPONENT_LEVELS == Language(32).levels  # 28 x 28 images pad to 32 x 32
+def test_params_take_one_value_per_level_of_the_padded_matrices():
+    from pipeline.wavelets import Geometry
+
+    for size in range(8, 257):
+        assert params.decomposition_levels(size) == Geometry(size, size).levels == Language(Geometry(size, size).size).levels
+    assert params.decomposition_levels(28) == 4 and params.decomposition_levels(32) == 4 and params.decomposition_levels(33) == 5

@@ -171,12 +171,20 @@ def test_empty_and_wrong_arrays_from_earlier_stages(tmp_path):
     assert_one_line_error(*run_stage(tmp_path, "dwt"), "data/raw/mnist/train_images.npy",
                           "is not a readable .npy array", "rerun `dvc repro download`")
     np.save(raw / "train_images.npy", np.zeros((3, 28, 28), np.uint8))
+    assert_one_line_error(*run_stage(tmp_path, "dwt"), "data/raw/mnist/classes.json", "does not exist",
+                          "rerun `dvc repro download`")
+    (raw / "classes.json").write_text('{"0": "zero"}')
+    assert_one_line_error(*run_stage(tmp_path, "dwt"), "classes.json", "is not a non-empty list of class names")
+    (raw / "classes.json").write_text(json.dumps([str(c) for c in range(10)]))
     np.save(raw / "train_labels.npy", np.array([0, 1, 12], np.int16))
     assert_one_line_error(*run_stage(tmp_path, "dwt"), "train_labels.npy", "labels 0..12, not 0..9")
     dwt_dir = tmp_path / "data/dwt"
     dwt_dir.mkdir()
     np.save(dwt_dir / "train_coeffs.npy", np.zeros((3, 32, 32)))
     np.save(dwt_dir / "train_labels.npy", np.zeros(2, np.int16))
+    assert_one_line_error(*run_stage(tmp_path, "tokenize"), "data/dwt/image.json", "does not exist",
+                          "rerun `dvc repro dwt`")
+    (dwt_dir / "image.json").write_text(json.dumps({"height": 28, "width": 28, "classes": ["a", "b"]}))
     assert_one_line_error(*run_stage(tmp_path, "tokenize"), "data/dwt/train_labels.npy", "not (3,) integer labels",
                           "rerun `dvc repro dwt`")
 
@@ -198,7 +206,7 @@ def test_damaged_classifier_and_samples_are_named(tmp_path):
     empty = Encoded(*(np.zeros(n, np.uint8) for _ in range(4)), np.arange(n + 1), np.zeros(n, np.int8))
     formats.write_samples(tmp_path / "samples.parquet", np.zeros(n), empty, np.zeros((n, 20, 20), np.uint8), 8)
     with pytest.raises(InputError, match=r"row 0: image has 400 pixels, expected 28 x 28.*dvc repro sample"):
-        formats.read_samples(tmp_path / "samples.parquet")
+        formats.read_samples(tmp_path / "samples.parquet", 28, 28)
     (tmp_path / "samples.parquet").write_text(json.dumps({"not": "parquet"}))
     with pytest.raises(InputError, match="not a readable Parquet file"):
-        formats.read_samples(tmp_path / "samples.parquet")
+        formats.read_samples(tmp_path / "samples.parquet", 28, 28)

@@ -52,7 +52,7 @@ def test_stage_writes_the_data_contract(small_dwt, tmp_path, method, final_expon
         assert schema.field(name).type == pa.list_(pa.uint8())
 
     coeffs, labels = formats.read_dwt(small_dwt, "train")
-    expected = coder.encode(np.asarray(coeffs), tokenize_stage.language_for(p, np.asarray(coeffs)).grammar)
+    expected = coder.encode(np.asarray(coeffs), tokenize_stage.language_for(p, np.asarray(coeffs), 28, 28).grammar)
     split = formats.read_split(out, "train", check_grammar=True)
     assert np.array_equal(split.encoded.offsets, expected.offsets)
     for name in ("tokens", "bp", "i1", "i2"):
@@ -67,6 +67,8 @@ def test_stage_writes_the_data_contract(small_dwt, tmp_path, method, final_expon
     assert meta["splits"]["test"]["images"] == 250
     assert sum(sum(c.values()) for c in meta["initial_exponent_counts"].values()) == 250
     assert set(meta["initial_exponent_counts"]) == {str(c) for c in range(10)}
+    assert meta["classes"] == [str(c) for c in range(10)] and meta["n_classes"] == 10
+    assert (language["image_height"], language["image_width"]) == (28, 28)
 
     saved = json.loads((tmp_path / "tokenize.json").read_text())
     assert saved == json.loads(json.dumps(metrics))

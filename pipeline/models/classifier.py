@@ -13,7 +13,8 @@ from ..io import InputError
 
 
 class DigitClassifier(nn.Module):
-    """Two conv blocks and a 128-d penultimate layer, for 28 x 28 grey images in [0, 1]."""
+    """Two conv blocks and a 128-d penultimate layer, for grey images of any size in [0, 1]: the
+    blocks' output is pooled to 7 x 7 (what 28 x 28 images give, unchanged by the pooling)."""
 
     def __init__(self, n_classes: int = 10, width: int = 32):
         super().__init__()
@@ -22,19 +23,19 @@ class DigitClassifier(nn.Module):
             nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(2 * width * 7 * 7, 128), nn.ReLU(),
+            nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(), nn.Linear(2 * width * 7 * 7, 128), nn.ReLU(),
         )
         self.dropout = nn.Dropout(0.3)
         self.out = nn.Linear(128, n_classes)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1, 28, 28) in [0, 1] -> penultimate features (B, 128) and logits (B, n_classes)."""
+        """(B, 1, H, W) in [0, 1] -> penultimate features (B, 128) and logits (B, n_classes)."""
         penultimate = self.features(images)
         return penultimate, self.out(self.dropout(penultimate))
 
 
 def to_input(images: np.ndarray | torch.Tensor, device) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1]."""
+    """uint8 (B, H, W) -> float (B, 1, H, W) in [0, 1]."""
     return torch.as_tensor(np.asarray(images), device=device).float().div(255.0)[:, None]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import wavelets
-from ..idx import SPLITS, load_split
+from ..idx import DWT_IMAGE, SPLITS, load_split, read_classes
 from ..io import atomic_dir, stage_paths, write_json
 from ..progress import log, track
 
@@ -56,6 +56,9 @@ def run(dataset: str, wavelet: str, limit: int | None, **paths: str | Path) -> d
                 "max_abs_coefficient": float(np.abs(coeffs).max()),
             }
             log(f"{split}: {len(images)} images, reconstruction error {worst:.2e}")
+        # What the padded M x M coefficients lose: the images' own size, and the class names.
+        write_json(tmp / DWT_IMAGE, {"height": int(images.shape[1]), "width": int(images.shape[2]),
+                                     "classes": read_classes(paths.raw)})
     write_json(paths.metrics, metrics)
     return metrics
 

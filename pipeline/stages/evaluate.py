@@ -43,8 +43,8 @@ OUTPUTS = {"metrics": "reports/metrics.json", "figures": "reports/evaluate"}
 SAMPLES = "samples.parquet"  # the file the sample and tune stages write into their folders
 
 
-def _read_balanced(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
-    samples = read_samples(path)
+def _read_balanced(path: Path, count: int, language) -> tuple[np.ndarray, np.ndarray]:
+    samples = read_samples(path, language.image_height, language.image_width)
     rows = class_balanced(samples.labels, count)
     return samples.labels[rows], samples.images[rows]
 
@@ -84,8 +84,9 @@ def image_sets(p: Params, paths) -> tuple[dict, np.ndarray, object]:
     """The image sets to score, each (images, labels), in the order they are scored; the real test
     images they are scored against; and the run's token language."""
     settings = p.eval
-    labels, images = _read_balanced(paths.samples / SAMPLES, settings.num_samples)
-    tuned_labels, tuned_images = _read_balanced(paths.tuned / SAMPLES, settings.num_samples)
+    language = from_description(read_meta(paths.tokens_meta.parent)["language"])
+    labels, images = _read_balanced(paths.samples / SAMPLES, settings.num_samples, language)
+    tuned_labels, tuned_images = _read_balanced(paths.tuned / SAMPLES, settings.num_samples, language)
     classes = np.unique(labels)
     test_images, test_labels = load_split(paths.raw, "test")
     train_images, train_labels = load_split(paths.raw, "train")
@@ -96,7 +97,6 @@ def image_sets(p: Params, paths) -> tuple[dict, np.ndarray, object]:
     real_rows = class_matched(train_labels, classes, len(images) // len(classes), rng,
                               f"eval.num_samples={settings.num_samples}")
     real_train, real_labels = train_images[real_rows], train_labels[real_rows]
-    language = from_description(read_meta(paths.tokens_meta.parent)["language"])
     tokenized = language.decode(language.encode_images(real_train))
     log(f"evaluate: {len(images)} generated, {len(tuned_images)} tuned, {len(real_train)} real and tokenized "
         f"training images vs {len(reference)} test images, classes {classes.tolist()}")

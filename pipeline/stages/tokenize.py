@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import figures, psnr, wavelets
-from ..formats import read_dwt, write_shard
-from ..idx import N_CLASSES, SPLITS
+from ..formats import read_dwt, read_dwt_image, write_shard
+from ..idx import SPLITS
 from ..io import atomic_dir, stage_paths, write_json
 from ..languages.bpe import BPELanguage
 from ..languages.pixels import PixelLanguage
@@ -26,18 +26,17 @@ INPUTS = {"dwt": "data/dwt"}
 OUTPUTS = {"tokens": "data/tokens", "metrics": "reports/tokenize.json",
            "length_histogram": "reports/tokenize/length_histogram.png",
            "progressive": "reports/tokenize/progressive.png"}
-IMAGE_SIZE = (28, 28)
 PROGRESSIVE_EXAMPLES = 6
 
 
-def language_for(p: Params, train_coeffs: np.ndarray):
-    """The token language the params ask for, over the dwt stage's M x M coefficient matrices
-    (BPE merges are learned on the training split's)."""
+def language_for(p: Params, train_coeffs: np.ndarray, height: int, width: int):
+    """The token language the params ask for, over the dwt stage's M x M coefficient matrices of
+    height x width images (BPE merges are learned on the training split's)."""
     settings = p.tokenizer
     if settings.method == "pixels":
-        return PixelLanguage(p.wavelet, settings.pixel_levels, *IMAGE_SIZE)
+        return PixelLanguage(p.wavelet, settings.pixel_levels, height, width)
     language = WaveletLanguage(p.wavelet, settings.method, settings.final_exponent, settings.initial_threshold,
-                               train_coeffs.shape[-1], *IMAGE_SIZE)
+                               train_coeffs.shape[-1], height, width)
     if not settings.bpe_vocab_size:
         return language
     log(f"learning BPE merges up to {settings.bpe_vocab_size} ids on {len(train_coeffs)} training sequences")
@@ -65,7 +64,8 @@ def tokenize_split(coeffs: np.ndarray, labels: np.ndarray, language, wavelet: st
         counts = np.bincount(encoded.bp)
         plane_counts = np.pad(plane_counts, (0, max(0, len(counts) - len(plane_counts))))
         plane_counts[:len(counts)] += counts
-        original = wavelets.to_uint8(wavelets.crop(wavelets.inverse(block, wavelet), *IMAGE_SIZE))
+        original = wavelets.to_uint8(wavelets.crop(wavelets.inverse(block, wavelet), language.image_height,
+                                                   language.image_width))
         psnrs.append(psnr.per_image(language.decode(encoded), original))
     lengths, e0s, psnrs = np.concatenate(lengths), np.concatenate(e0s), np.concatenate(psnrs)
     return {"lengths": lengths, "initial_exponents": e0s, "psnr": psnrs, "plane_counts": plane_counts}
@@ -75,7 +75,7 @@ def run(p: Params, **paths: str | Path) -> dict:
     paths = stage_paths(INPUTS, OUTPUTS, paths)
     with atomic_dir(paths.tokens) as tmp:
         language, stats = tokenize_splits(p, paths.dwt, tmp)
-        write_json(tmp / "meta.json", token_meta(p, language, stats))
+        write_json(tmp / "meta.json", token_meta(p, language, stats, read_dwt_image(paths.dwt)["classes"]))
         for name, text in language.artifacts().items():
             (tmp / name).write_text(text)
     metrics = tokenizer_metrics(p, language, stats)
@@ -87,10 +87,10 @@ def run(p: Params, **paths: str | Path) -> dict:
 def tokenize_splits(p: Params, dwt_root: Path, out: Path) -> tuple:
     """Both splits into shards under `out`, in the language built on the training split (the
     first of SPLITS); the language and each split's statistics, labels and length summary."""
-    stats, language = {}, None
+    stats, language, image = {}, None, read_dwt_image(dwt_root)
     for split in SPLITS:
         coeffs, labels = read_dwt(dwt_root, split)
-        language = language or language_for(p, coeffs)
+        language = language or language_for(p, coeffs, image["height"], image["width"])
         stats[split] = tokenize_split(coeffs, labels, language, p.wavelet, p.tokenizer.shard_size, out, split)
         stats[split]["labels"] = np.asarray(labels)
         lengths = stats[split]["lengths"]
@@ -104,12 +104,13 @@ def tokenize_splits(p: Params, dwt_root: Path, out: Path) -> tuple:
     return language, stats
 
 
-def token_meta(p: Params, language, stats: dict) -> dict:
+def token_meta(p: Params, language, stats: dict, classes: list[str]) -> dict:
     """meta.json (spec section 9): the language the later stages rebuild, and the splits' sizes."""
     e0, train_labels = stats["train"]["initial_exponents"], stats["train"]["labels"]
     return {
         "dataset": p.dataset, "language": language.describe(),
-        "vocab_size": language.vocab_size, "token_names": language.token_names, "n_classes": N_CLASSES,
+        "vocab_size": language.vocab_size, "token_names": language.token_names, "n_classes": len(classes),
+        "classes": classes,
         "max_length": max(split_stats["summary"]["length_max"] for split_stats in stats.values()),
         "splits": {split: split_stats["summary"] for split, split_stats in stats.items()},
         # Per class, how often each initial exponent occurs in training: the sampler draws e0 from it.
@@ -145,7 +146,7 @@ def tokenize_figures(p: Params, language, stats: dict, paths) -> None:
     test_coeffs, _ = read_dwt(paths.dwt, "test")
     examples = np.asarray(test_coeffs[:PROGRESSIVE_EXAMPLES])
     encoded = language.encode(examples)
-    originals = wavelets.crop(wavelets.inverse(examples, p.wavelet), *IMAGE_SIZE)
+    originals = wavelets.crop(wavelets.inverse(examples, p.wavelet), language.image_height, language.image_width)
     figures.progressive_figure(
         language, encoded, range(len(examples)), paths.progressive,
         [f"e0={e}\n{n} tok" for e, n in zip(encoded.initial_exponents, encoded.lengths)],

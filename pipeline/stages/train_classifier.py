@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..devices import resolve_device
-from ..idx import load_split
+from ..idx import load_split, read_classes
 from ..io import atomic_dir, stage_paths, write_json
 from ..models.classifier import DigitClassifier, predict, to_input
 from ..params import Params
@@ -39,10 +39,10 @@ def run(p: Params, device_name: str = "auto", **paths: str | Path) -> dict:
     generator = torch.Generator().manual_seed(settings.seed)
     train_images, train_labels = load_split(paths.raw, "train")
     test_images, test_labels = load_split(paths.raw, "test")
-    n_classes = int(train_labels.max()) + 1
+    n_classes = len(read_classes(paths.raw))
     model = DigitClassifier(n_classes, settings.width).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    steps_per_epoch = len(train_images) // settings.batch_size
+    steps_per_epoch = max(1, len(train_images) // settings.batch_size)  # a set smaller than a batch: one batch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.lr, total_steps=settings.epochs * steps_per_epoch)
     labels = torch.as_tensor(train_labels.astype(np.int64))
     start = time.perf_counter()

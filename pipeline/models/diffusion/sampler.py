@@ -15,7 +15,7 @@ from ...generation import guide
 from ...io import InputError, read_json
 from ...languages.base import from_description
 from ...progress import log
-from .network import SIZE, to_images
+from .network import padded_size, to_images
 
 
 class DiffusionSampler:
@@ -61,11 +61,11 @@ class DiffusionSampler:
             raise ValueError("a diffusion model has no token prefixes to continue (completion is for wavelet languages)")
         device = next(self.unet.parameters()).device
         self.schedule.set_timesteps(decoding.diffusion_steps)
-        parts = []
+        parts, size = [], padded_size(self.language.image_height, self.language.image_width)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             label = torch.as_tensor(labels[chunk], device=device)
-            x = torch.cat([torch.randn((1, 1, SIZE, SIZE), generator=torch.Generator().manual_seed(seed * 1_000_003 + int(row)))
+            x = torch.cat([torch.randn((1, 1, size, size), generator=torch.Generator().manual_seed(seed * 1_000_003 + int(row)))
                            for row in chunk]).to(device)
             for t in self.schedule.timesteps:
                 eps = self.noise_prediction(x, t, label, decoding.cfg_scale)

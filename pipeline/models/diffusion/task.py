@@ -20,7 +20,7 @@ from ...languages.base import from_description
 from ...languages.pixels import PixelLanguage
 from ...params import Params
 from ...progress import log
-from .network import SIZE, TIMESTEPS, build_unet, noise_schedule, to_model_space
+from .network import TIMESTEPS, build_unet, noise_schedule, padded_size, to_model_space
 
 MARKER = formats.DIFFUSION_MARKER
 
@@ -41,7 +41,8 @@ class DiffusionTask:
         self.height, self.width = self.splits["train"][0].shape[1:]
         self.wavelet = language.wavelet
         self.n_classes = self.meta["n_classes"]
-        self.model = build_unet(p, self.n_classes).to(device)
+        self.size = padded_size(self.height, self.width)
+        self.model = build_unet(p, self.n_classes, self.size).to(device)
         self.schedule = noise_schedule()
         self.batches = LengthBatches(np.zeros(len(self.splits["train"][1])), p.train.batch_size, p.train.seed,
                                      dist.world, dist.rank)
@@ -106,7 +107,7 @@ class DiffusionTask:
                 predicted = self._forward(self.model, noised.to(self.device), t.to(self.device),
                                           torch.from_numpy(labels[chunk]).to(self.device))
             error += F.mse_loss(predicted.float(), noise.to(self.device), reduction="sum").item()
-        return {"mse": error / (len(rows) * SIZE * SIZE), "images": int(len(rows))}
+        return {"mse": error / (len(rows) * self.size * self.size), "images": int(len(rows))}
 
     def validation_figures(self, val: dict) -> dict:
         return {"val/loss": val["mse"]}
