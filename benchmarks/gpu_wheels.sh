@@ -16,6 +16,7 @@
 # the H200, 2026-12-04): so every package this project requires directly and the image lacks
 # comes with all its requirements but torch's and the image's. It prints the folder's size: the
 # device tool carries at most 64 MiB, the datasets included (MNIST's four files: 11 MiB).
+# Measured 2026-12-04 (x86_64 here, TARGET_PYTHON=3.12): 96 wheels, 29 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-wheelhouse}
