@@ -36,8 +36,8 @@ def run_stage(name: str, params_path: Path, device: str) -> None:
     """Validate the stage's params, run it, and turn foreseeable failures into one line."""
     try:
         module = importlib.import_module(f"{__package__}.stages.{name}")
-        # download writes the images the data set has; the stages after it carry 28 x 28 grey only
-        p = params_mod.load(params_path, module.PARAMS, any_image=name == "download")
+        # A stage that carries colour says so (CHANNELS); the others carry grey images only.
+        p = params_mod.load(params_path, module.PARAMS, getattr(module, "CHANNELS", (params_mod.CARRIED_CHANNELS,)))
         if "threads" in module.PARAMS:  # before any torch work: the figures depend on the count
             # Reached by name, as the stages are: each stage that declares threads imports
             # devices itself (a test checks), and the stages without torch must not depend on it.

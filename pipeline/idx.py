@@ -44,12 +44,12 @@ def read_classes(folder: str | Path, producer: str = "download") -> list[str]:
 
 
 def load_split(folder: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, H, W) uint8 and labels (N,) int16 of one split, from the dataset's folder as the
+    """Images (N, H, W) uint8, or (N, H, W, 3) for RGB, and labels (N,) int16 of one split, from the dataset's folder as the
     download stage wrote it (`<folder>/<split>_images.npy`, labels within its classes.json; checked:
     InputError names a file that is not)."""
     folder = Path(folder)
     images = load_npy(folder / f"{split}_images.npy", "download")
-    if images.ndim != 3 or images.dtype != np.uint8 or not len(images):
+    if images.ndim not in (3, 4) or images.shape[3:] not in ((), (3,)) or images.dtype != np.uint8 or not len(images):
         raise InputError(folder / f"{split}_images.npy", f"holds {images.dtype} of shape {images.shape}, "
-                         "not (N, H, W) uint8 images", "download")
+                         "not (N, H, W) or (N, H, W, 3) uint8 images", "download")
     return images, load_labels(folder / f"{split}_labels.npy", len(images), len(read_classes(folder)), "download")

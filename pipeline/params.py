@@ -8,7 +8,7 @@ or an unknown key raises ParamError, which the CLI prints as one line with exit 
 
 A few rules span keys, checked by `load` after the groups: dataset folder needs folder.path, a
 published data set's images are what they are, every stage but download refuses images the
-stages after it cannot carry yet (grey only, until issue #20 brings colour), and a per-level
+stages after it cannot carry yet (after dwt: grey only, until issue #20 brings colour), and a per-level
 tokenizer.final_exponent has one value per decomposition level of image.size.
 
 Each group is a frozen, strict pydantic dataclass refusing unknown keys (`dataclasses.asdict` and
@@ -40,6 +40,7 @@ NATIVE_IMAGES = {"mnist": (28, 1), "fashion_mnist": (28, 1), "cifar10": (32, 3),
 # What the stages after download carry today: grey images of any size (one channel is built into the
 # languages, the classifier and the sample format).
 CARRIED_CHANNELS = 1
+CHROMA = ("full", "half")
 TOKENIZER_METHODS = ("zeroblock", "zerotree", "pixels")
 INITIAL_THRESHOLDS = ("per_image", "uniform")
 PRECISIONS = ("bf16", "fp32")
@@ -164,6 +165,7 @@ class FolderParams:  # dataset folder's; null for the other data sets
 @_group
 class DwtParams:
     limit: Limit  # keep the first N images of each split (null: all); for quick runs and CI
+    chroma: Literal[CHROMA]  # colour images' chroma: full resolution, or halved (JPEG's 4:2:0)
 
 
 @_group
@@ -393,14 +395,14 @@ def _refuse_image(image: ImageParams, expected: tuple[int, int], why: str) -> No
             raise ParamError(f"image.{key}", value, f"{allowed}: {why}")
 
 
-def _check_image(dataset: str | None, image: ImageParams, any_image: bool) -> None:
-    """A published data set's images are what they are; and unless `any_image`, they must be what
-    the stages after download carry."""
+def _check_image(dataset: str | None, image: ImageParams, channels: tuple[int, ...]) -> None:
+    """A published data set's images are what they are, and their channels must be among those
+    the stage carries."""
     if dataset in NATIVE_IMAGES:
         _refuse_image(image, NATIVE_IMAGES[dataset], f"dataset {dataset} has {_looks(*NATIVE_IMAGES[dataset])} "
                       "images (only dataset folder converts)")
-    if not any_image and image.channels != CARRIED_CHANNELS:
-        raise ParamError("image.channels", image.channels, f"{CARRIED_CHANNELS}: the stages after download carry "
+    if image.channels not in channels:
+        raise ParamError("image.channels", image.channels, f"{CARRIED_CHANNELS}: the stages after dwt carry "
                          "grey images only (colour: issue #20)")
 
 
@@ -411,12 +413,12 @@ def _check_final_exponent(tokenizer, image: ImageParams) -> None:
                          f"{image.size} x {image.size} images have {levels} decomposition levels")
 
 
-def load(path: str | Path = "params.yaml", keys: tuple[str, ...] = (), any_image: bool = False) -> Params:
+def load(path: str | Path = "params.yaml", keys: tuple[str, ...] = (),
+         channels: tuple[int, ...] = (CARRIED_CHANNELS,)) -> Params:
     """Read params.yaml and validate the named top-level keys and groups (nothing else is read).
 
-    `any_image`: the download stage's, which writes any image size and channels the data set has
-    or params.yaml asks for; every other stage refuses images the stages after download cannot
-    carry yet (`CARRIED_CHANNELS`)."""
+    `channels`: the image channels the stage carries (download and dwt: grey and colour; the
+    stages after them: `CARRIED_CHANNELS`, grey, until the colour language)."""
     raw = read_yaml(path)
     for key in raw:
         if key not in ALL_KEYS:  # a typo (here or in a conf/ profile) must not pass unnoticed
@@ -425,7 +427,7 @@ def load(path: str | Path = "params.yaml", keys: tuple[str, ...] = (), any_image
     if "folder" in values:
         _check_folder(values.get("dataset"), values["folder"])
     if "image" in values:
-        _check_image(values.get("dataset"), values["image"], any_image)
+        _check_image(values.get("dataset"), values["image"], channels)
     if "tokenizer" in values:
         _check_final_exponent(values["tokenizer"], values.get("image") or validate("image", raw.get("image")))
     return Params(values)

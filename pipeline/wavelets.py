@@ -44,11 +44,50 @@ class Geometry:
 
 def pad(images: np.ndarray) -> np.ndarray:
     """(N, H, W) uint8 -> (N, M, M) float64 in [0, 1], the image centred in zeros."""
-    n, h, w = images.shape
+    return pad_values(images / 255.0)
+
+
+def pad_values(values: np.ndarray) -> np.ndarray:
+    """(..., H, W) floats -> (..., M, M), centred in zeros."""
+    h, w = values.shape[-2:]
     g = Geometry(h, w)
-    out = np.zeros((n, g.size, g.size), dtype=np.float64)
-    out[:, g.top:g.top + h, g.left:g.left + w] = images / 255.0
+    out = np.zeros((*values.shape[:-2], g.size, g.size), dtype=np.float64)
+    out[..., g.top:g.top + h, g.left:g.left + w] = values
     return out
+
+
+# Colour: JPEG 2000's irreversible component transform (ICT, ITU-T T.800 Annex G.2), BT.601 luma
+# and two colour differences. JPEG's YCbCr is the same matrix with 128 added to the chroma; the
+# ICT keeps chroma centred on zero, as a sign-magnitude bit-plane coder wants (an offset would put
+# a large constant into every chroma low-pass and spend the first planes on it). The language
+# quantises anyway, so the reversible integer transform (RCT) would buy nothing.
+ICT = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+ICT_INVERSE = np.linalg.inv(ICT)
+
+
+def to_components(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float64: Y in [0, 1], Cb and Cr in [-0.5, 0.5]."""
+    return np.einsum("ck,nhwk->nchw", ICT, images / 255.0)
+
+
+def to_rgb(components: np.ndarray) -> np.ndarray:
+    """(N, 3, H, W) Y, Cb, Cr -> (N, H, W, 3) RGB floats (in [0, 1] for what to_components gave)."""
+    return np.einsum("kc,nchw->nhwk", ICT_INVERSE, components)
+
+
+def halve(values: np.ndarray) -> np.ndarray:
+    """(..., H, W) -> (..., ceil(H/2), ceil(W/2)): the mean of each 2 x 2 block (an odd edge
+    repeated), JPEG's 4:2:0 chroma."""
+    h, w = values.shape[-2:]
+    edge = [(0, 0)] * (values.ndim - 2) + [(0, h % 2), (0, w % 2)]
+    even = np.pad(values, edge, mode="edge")
+    return even.reshape(*even.shape[:-2], even.shape[-2] // 2, 2, even.shape[-1] // 2, 2).mean(axis=(-3, -1))
+
+
+def double(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The inverse of `halve` up to its averaging: each value repeated over its 2 x 2 block,
+    cropped to height x width."""
+    return values.repeat(2, axis=-2).repeat(2, axis=-1)[..., :height, :width]
 
 
 def crop(padded: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -256,5 +256,8 @@ def test_a_corrupt_image_stops_the_cli_with_one_line_and_nothing_written(tmp_pat
     result = CliRunner().invoke(app, ["download"])
     assert result.exit_code == 0, result.output
     assert np.load("data/raw/folder/train_images.npy").shape[1:] == (16, 16, 3)
-    result = CliRunner().invoke(app, ["dwt"])  # ... and refused by the stages after download
+    result = CliRunner().invoke(app, ["dwt"])  # ... transformed by dwt ...
+    assert result.exit_code == 0, result.output
+    assert np.load("data/dwt/train_chroma.npy").shape[1:] == (2, 16, 16)
+    result = CliRunner().invoke(app, ["tokenize"])  # ... and refused by the stages after it
     assert result.exit_code == 2 and "image.channels=3" in result.output and "issue #20" in result.output

@@ -92,11 +92,11 @@ def _cli(tmp_path: Path, command: str, override: dict):
     return result.exit_code, lines[0] if lines else result.output
 
 
-@pytest.mark.parametrize("stage", ["dwt", "tokenize", "train_classifier", "tune", "complete", "evaluate"])
-def test_the_stages_after_download_refuse_colour(tmp_path, monkeypatch, stage):
+@pytest.mark.parametrize("stage", ["tokenize", "train_classifier", "tune", "complete", "evaluate"])
+def test_the_stages_after_dwt_refuse_colour(tmp_path, monkeypatch, stage):
     monkeypatch.chdir(tmp_path)
     code, line = _cli(tmp_path, stage, {"dataset": "cifar10_jpeg", "image": {"size": 32, "channels": 3}})
-    assert code == 2 and "image.channels=3 is not allowed; expected 1: the stages after download carry " \
+    assert code == 2 and "image.channels=3 is not allowed; expected 1: the stages after dwt carry " \
                           "grey images only (colour: issue #20)" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
@@ -106,7 +106,7 @@ def test_download_takes_colour_and_other_sizes_and_a_folder_needs_its_path(tmp_p
 
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({**DEFAULTS, "dataset": "cifar10_jpeg", "image": {"size": 32, "channels": 3}}))
-    p = params.load(path, download.PARAMS, any_image=True)
+    p = params.load(path, download.PARAMS, download.CHANNELS)
     assert (p.dataset, p.image.size, p.image.channels, p.folder) == ("cifar10_jpeg", 32, 3, None)
     monkeypatch.chdir(tmp_path)
     folder = {"path": None, "test_share": 0.1, "seed": 0}
@@ -119,7 +119,7 @@ def test_download_takes_colour_and_other_sizes_and_a_folder_needs_its_path(tmp_p
 def test_every_stage_that_reads_the_data_set_declares_its_images():
     from pipeline.cli import STAGES
 
-    for stage in STAGES:  # so that params.load refuses what the stages after download cannot carry
+    for stage in STAGES:  # so that params.load refuses what the stages after dwt cannot carry
         declared = importlib.import_module(f"pipeline.stages.{stage}").PARAMS
         assert "dataset" not in declared or "image" in declared, stage
 
@@ -235,7 +235,7 @@ def test_a_data_set_is_a_config_group_and_explicit_overrides_win(tmp_path):
         assert mine["folder"] == {"path": "/data", "test_share": 0.1, "seed": 0}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(cifar))
-    assert params.load(path, ("dataset", "image", "folder"), any_image=True).image.channels == 3
+    assert params.load(path, ("dataset", "image", "folder"), (1, 3)).image.channels == 3
 
 
 def test_a_stage_cannot_read_a_key_it_did_not_declare():
