@@ -30,7 +30,7 @@ import torch
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from .. import provenance
-from ..devices import Distributed, autocast, environment, resolve_device
+from ..devices import Distributed, autocast, environment, resolve_device, slow_bf16
 from ..io import InputError, atomic_dir, atomic_file, stage_paths
 from ..params import Params
 from ..progress import log, track
@@ -247,6 +247,9 @@ def run(p: Params, device_name: str = "auto", **paths: str | Path) -> dict | Non
     n_params = sum(w.numel() for w in model.parameters())
     log(f"model: {n_params:,} parameters, device {device}, {dist.world} process(es), {task.describe()}; "
         f"{steps} steps, {flops:.3g} training FLOPs")
+    if settings.precision == "bf16" and slow_bf16(device):
+        log("warning: this CPU has no fast bf16 kernels (no AVX-512): bf16 training runs about 50x slower "
+            "than fp32 here; -S train.precision=fp32 is the fast choice on it (other figures than bf16's)")
 
     eval_rows = np.arange(min(task.n_eval, settings.eval_batches * settings.batch_size))
     totals, clock = torch.zeros(2), time.perf_counter()
