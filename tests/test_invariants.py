@@ -14,6 +14,8 @@ paths is adapted in one place.
 """
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,7 @@ def test_tune_scores_only_against_the_validation_half(tmp_path, monkeypatch):
         images, labels = indexed_test_split(n, rng)
         np.save(raw / "mnist" / f"{split}_images.npy", images)
         np.save(raw / "mnist" / f"{split}_labels.npy", labels)
+    (raw / "mnist" / "classes.json").write_text(json.dumps([str(c) for c in range(10)]))
     tiny_model(WaveletLanguage("haar", "zerotree", 0)).save_pretrained(tmp_path / "model")
     params_path = write_params(
         tmp_path / "params.yaml",
