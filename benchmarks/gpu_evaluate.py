@@ -36,6 +36,11 @@ def stage(name: str, work: Path) -> None:
     subprocess.run([sys.executable, "-m", "pipeline", name], cwd=work, env=env, check=True)
 
 
+def overlay(base: dict, values: dict) -> dict:
+    return {**base, **{key: overlay(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict)
+                       else value for key, value in values.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=REPO / "reports/gpu")
@@ -45,8 +50,10 @@ def main() -> None:
     run, work = args.run.resolve(), args.work.resolve()
     sampled = json.loads((run / "sample.json").read_text())
 
-    params = yaml.safe_load((run / "params.yaml").read_text())
+    # The run's params over today's (keys added since the run take today's defaults).
+    params = overlay(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load((run / "params.yaml").read_text()))
     params["eval"]["num_samples"] = sampled["samples"]  # score every sample the run made
+    params["eval"]["inception"] = not args.no_inception
     work.mkdir(parents=True, exist_ok=True)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for name in ("download", "dwt", "tokenize", "train_classifier"):
@@ -61,18 +68,7 @@ def main() -> None:
     tune = {"best": {"decoding": sampled["decoding"]},
             "note": "not tuned: the GPU short run ran no tune stage; its samples stand for the tuned set"}
     (work / "reports/tune.json").write_text(json.dumps(tune, indent=2) + "\n")
-    if args.no_inception:  # the stage's own code, in process, with the Inception figures left null
-        sys.path.insert(0, str(REPO))
-        from pipeline import params as params_mod
-        from pipeline.devices import use_threads
-        from pipeline.stages import evaluate
-
-        os.chdir(work)
-        p = params_mod.load("params.yaml", evaluate.PARAMS)
-        use_threads(p.threads)
-        evaluate.run(p, "cpu", inception=False)
-    else:
-        stage("evaluate", work)
+    stage("evaluate", work)
 
     shutil.copy(work / "reports/metrics.json", run / "metrics.json")
     shutil.copy(work / "reports/classifier.json", run / "classifier.json")

@@ -272,6 +272,7 @@ class TrainClassifierParams:
     lr: Positive
     width: Count
     seed: Seed
+    limit: Limit  # train on the first N training images (null: all); for quick runs and CI
 
 
 @_group
@@ -280,6 +281,7 @@ class EvalParams:
     reference_images: Annotated[int, Field(ge=2, le=10000)]  # MNIST's and FashionMNIST's test splits
     batch_size: Count
     kid_subset_size: Annotated[int, Field(ge=2)]
+    inception: bool  # false: the Inception figures are null (evaluate and complete)
     inception_weights: str | None  # a local file, for machines without network
     seed: Seed
 

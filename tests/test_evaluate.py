@@ -61,11 +61,15 @@ def test_classifier_is_accurate(workspace):
     assert accuracy > 0.97  # one epoch here; the default two reach 99% (README)
 
 
-def _run(workspace, **eval_overrides):
+def _run_params(workspace, **eval_overrides) -> params.Params:
     raw = yaml.safe_load((workspace / "params.yaml").read_text())
     raw["eval"].update(eval_overrides)
     (workspace / "params.yaml").write_text(yaml.safe_dump(raw))
-    p = params.load(workspace / "params.yaml", evaluate.PARAMS)
+    return params.load(workspace / "params.yaml", evaluate.PARAMS)
+
+
+def _run(workspace, **eval_overrides):
+    p = _run_params(workspace, **eval_overrides)
     return evaluate.run(p, "cpu", samples=workspace / "samples", tuned=workspace / "tuned",
                         classifier=workspace / "classifier", raw=workspace / "raw",
                         tokens_meta=workspace / "tokens" / "meta.json", train_metrics=workspace / "train.json",
@@ -135,6 +139,20 @@ def test_scrambled_images_score_badly(workspace, offline_metrics, monkeypatch):
         write_fake_samples(workspace / "samples" / "samples.parquet", labels, images)
     assert bad["generated"]["conditional_accuracy"] < 0.5
     assert bad["generated"]["classifier"]["fid"] > 5 * metrics["generated"]["classifier"]["fid"]
+
+
+def test_inception_off_leaves_its_figures_null_without_a_warning(workspace):
+    """`eval.inception: false`: no Inception network is looked for, the domain figures stay."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            metrics = _run(workspace, inception=False)
+    finally:
+        _run_params(workspace, inception=True)
+    assert not [w for w in caught if "Inception" in str(w.message)]
+    assert metrics["extractors"]["inception"] is None
+    assert all(v is None for v in metrics["generated"]["inception"].values())
+    assert metrics["generated"]["classifier"]["fid"] > 0 and metrics["real_floor"]["classifier"]["fid"] > 0
 
 
 def test_missing_inception_weights_file_is_named(workspace, offline_metrics):

@@ -29,7 +29,7 @@ from ..models.samplers import load_sampler
 from ..params import Params
 from ..progress import log
 
-PARAMS = ("profile", "threads", "dataset", "image", "sample", "complete")
+PARAMS = ("profile", "threads", "dataset", "image", "sample", "complete", "eval")
 INPUTS = {"model": "data/model", "tokens": "data/tokens", "classifier": "data/classifier", "raw": "data/raw/{dataset}"}
 OUTPUTS = {"metrics": "reports/complete.json", "figures": "reports/complete"}
 SHOWN = 3  # images per k in the figure
@@ -69,7 +69,7 @@ def run(p: Params, device_name: str = "auto", **paths: str | Path) -> dict:
     reference = references(test_images, test_labels, "reported", classes, len(chosen) // len(classes), rng,
                            f"complete.images={settings.images}")
     scorer = Scorer(reference, paths.classifier, 100, kid_subset_size=len(reference) // 2,
-                    cuda=device.type == "cuda")
+                    cuda=device.type == "cuda", inception=p.eval.inception, inception_weights=p.eval.inception_weights)
     decoding = decoding_of(p.sample)
     repeat = settings.completions
     results, shown = {}, []

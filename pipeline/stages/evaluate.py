@@ -58,14 +58,13 @@ def _field(data: dict, path: Path, producer: str, *keys: str):
     return value
 
 
-def run(p: Params, device_name: str = "auto", inception: bool = True, **paths: str | Path) -> dict:
-    """`inception=False` leaves the Inception figures null (benchmarks/gpu_evaluate.py on a slow CPU)."""
+def run(p: Params, device_name: str = "auto", **paths: str | Path) -> dict:
     paths = stage_paths(INPUTS, OUTPUTS, paths, dataset=p.dataset)
     settings = p.eval
     device = resolve_device(device_name, p.profile)
     sets, reference, language = image_sets(p, paths)
     scorer = Scorer(reference, paths.classifier, settings.batch_size, settings.kid_subset_size,
-                    device.type == "cuda", inception, settings.inception_weights)
+                    device.type == "cuda", settings.inception, settings.inception_weights)
     if scorer.inception is not None:
         log(f"evaluate: Inception features ({scorer.inception_name})")
     scored = {name: scorer.score(images, labels) for name, (images, labels) in sets.items()}  # in the order of sets

@@ -38,6 +38,7 @@ def run(p: Params, device_name: str = "auto", **paths: str | Path) -> dict:
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     train_images, train_labels = load_split(paths.raw, "train")
+    train_images, train_labels = train_images[:settings.limit], train_labels[:settings.limit]
     test_images, test_labels = load_split(paths.raw, "test")
     n_classes = len(read_classes(paths.raw))
     model = DigitClassifier(n_classes, settings.width).to(device)
@@ -61,7 +62,8 @@ def run(p: Params, device_name: str = "auto", **paths: str | Path) -> dict:
     log(f"classifier test accuracy {accuracy:.4f} ({time.perf_counter() - start:.0f}s)")
     with atomic_dir(paths.classifier) as tmp:
         torch.save({"weights": model.state_dict(), "n_classes": n_classes, "width": settings.width}, tmp / "classifier.pt")
-    metrics = {"dataset": p.dataset, "test_accuracy": accuracy, "epochs": settings.epochs}
+    metrics = {"dataset": p.dataset, "test_accuracy": accuracy, "epochs": settings.epochs,
+               "train_images": len(train_images)}
     write_json(paths.metrics, metrics)
     return metrics
 
