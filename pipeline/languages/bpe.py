@@ -30,6 +30,7 @@ from .grammar import (
     C_DONE,
     C_PLANE,
     T_COL,
+    T_COMPONENT,
     T_ROW,
     VOCAB_SIZE,
     apply,
@@ -183,7 +184,7 @@ def _apply_expansion(table, approx, marks, counters, b, token, expansion, expans
 
 
 @njit(cache=True)
-def _sequences(table, approx, marks, counters, tokens, offsets, e0, bp, i1, i2, method, plane0_uncovers,
+def _sequences(table, approx, marks, counters, tokens, offsets, e0, bp, i1, i2, component, method, plane0_uncovers,
                expansion, expansion_offsets, children, token_at, has_children,
                s_approx, s_marks, s_counters, stack, valid):
     """Check merged sequences (and, if `valid` has a row per token, fill each row with the ids
@@ -197,7 +198,8 @@ def _sequences(table, approx, marks, counters, tokens, offsets, e0, bp, i1, i2, 
         for i in range(offsets[j], offsets[j + 1]):
             k = counters[0, C_CURSOR]
             if positions and not counters[0, C_DONE] and (
-                    bp[i] != counters[0, C_PLANE] or i1[i] != table[T_ROW, k] or i2[i] != table[T_COL, k]):
+                    bp[i] != counters[0, C_PLANE] or i1[i] != table[T_ROW, k] or i2[i] != table[T_COL, k]
+                    or component[i] != table[T_COMPONENT, k]):
                 return j, i - offsets[j], 2
             if walk and not counters[0, C_DONE]:
                 _walk(table, marks, counters, 0, True, children, token_at, has_children,
@@ -246,25 +248,26 @@ def check_sequences(tokens, offsets, initial_exponents, positions, language: gra
     scan's at each id's first base token); with `with_valid`, the (tokens, vocabulary) bool ids
     valid in front of every token. ValueError names the first sequence that is not valid."""
     tokens, offsets, e0 = language.check_sequences(tokens, offsets, initial_exponents)
-    bp, i1, i2 = (np.zeros(0, np.int64),) * 3 if positions is None else (np.asarray(a, np.int64) for a in positions)
+    bp, i1, i2, component = (np.zeros(0, np.int64),) * 4 if positions is None else (np.asarray(a, np.int64) for a in positions)
     valid = np.zeros((len(tokens) if with_valid else 0, vocabulary.size), np.bool_)
     j, index, reason = _sequences(
-        language.table, *grammar.new_state(language, 1), tokens, offsets, e0, bp, i1, i2, language.method_id,
+        language.table, *grammar.new_state(language, 1), tokens, offsets, e0, bp, i1, i2, component, language.method_id,
         int(language.plane0_uncovers), vocabulary.expansion, vocabulary.expansion_offsets,
         vocabulary.children, vocabulary.token_at, vocabulary.has_children, *vocabulary.scratch(language), valid)
     if j >= 0:
         where = offsets[j] + index
         problem = {1: f"token {index} (id {tokens[where] if where < len(tokens) else None}) does not expand to a "
                       f"valid path of the grammar there (canonical form)",
-                   2: f"token {index} has position (bp, i1, i2) = ({bp[where] if len(bp) else None}, "
-                      f"{i1[where] if len(i1) else None}, {i2[where] if len(i2) else None}), not the scan's",
+                   2: f"token {index} has position (bp, i1, i2, component) = ({bp[where] if len(bp) else None}, "
+                      f"{i1[where] if len(i1) else None}, {i2[where] if len(i2) else None}, "
+                      f"{component[where] if len(component) else None}), not the scan's",
                    3: f"it ends after {index} tokens, before its last bit-plane does"}[reason]
         raise ValueError(f"sequence {j}: {problem}")
     return valid
 
 
 @njit(cache=True)
-def _positions(table, approx, marks, counters, tokens, offsets, e0, method, plane0_uncovers, bp, i1, i2):
+def _positions(table, approx, marks, counters, tokens, offsets, e0, method, plane0_uncovers, bp, i1, i2, component):
     """The scan's position of every base token; -1, or the sequence of the first refused token."""
     for j in range(len(e0)):
         reset(table, approx, marks, counters, 0, e0[j], method, plane0_uncovers)
@@ -272,20 +275,20 @@ def _positions(table, approx, marks, counters, tokens, offsets, e0, method, plan
             if not (valid_mask(table, marks, counters, 0, True) >> tokens[i]) & 1:
                 return j
             k = counters[0, C_CURSOR]
-            bp[i], i1[i], i2[i] = counters[0, C_PLANE], table[T_ROW, k], table[T_COL, k]
+            bp[i], i1[i], i2[i], component[i] = counters[0, C_PLANE], table[T_ROW, k], table[T_COL, k], table[T_COMPONENT, k]
             apply(table, approx, marks, counters, 0, tokens[i])
     return -1
 
 
 def base_positions(tokens, offsets, initial_exponents, language: grammar.Language) -> tuple[np.ndarray, ...]:
-    """(bp, i1, i2) uint8 of every token of base sequences (or their prefixes)."""
+    """(bp, i1, i2, component) uint8 of every token of base sequences (or their prefixes)."""
     tokens, offsets, e0 = language.check_sequences(tokens, offsets, initial_exponents)
-    bp, i1, i2 = (np.zeros(len(tokens), np.uint8) for _ in range(3))
+    bp, i1, i2, component = (np.zeros(len(tokens), np.uint8) for _ in range(4))
     bad = _positions(language.table, *grammar.new_state(language, 1), tokens, offsets, e0, language.method_id,
-                     int(language.plane0_uncovers), bp, i1, i2)
+                     int(language.plane0_uncovers), bp, i1, i2, component)
     if bad >= 0:
         raise ValueError(f"sequence {bad}: its expansion is not a valid path of the grammar (canonical form)")
-    return bp, i1, i2
+    return bp, i1, i2, component
 
 
 class BatchScan:
@@ -300,6 +303,7 @@ class BatchScan:
     bp = property(lambda self: self.base.bp)
     i1 = property(lambda self: self.base.i1)
     i2 = property(lambda self: self.base.i2)
+    component = property(lambda self: self.base.component)
     done = property(lambda self: self.base.done)
 
     def valid(self) -> np.ndarray:
@@ -404,7 +408,7 @@ class BPELanguage:
         spans = self.vocabulary.lengths[tokens]
         firsts = np.cumsum(spans) - spans
         return Encoded(tokens.astype(np.uint16), encoded.bp[firsts], encoded.i1[firsts], encoded.i2[firsts],
-                       offsets, encoded.initial_exponents)
+                       offsets, encoded.initial_exponents, encoded.component[firsts])
 
     def expand(self, encoded: Encoded) -> Encoded:
         """Merged sequences (or prefixes) -> base sequences; positions are the base scan's."""
@@ -419,8 +423,8 @@ class BPELanguage:
                                    minlength=len(encoded)).astype(np.int64)
         base_tokens = v.expansion[flat].astype(np.uint8)
         offsets = np.concatenate([[0], np.cumsum(per_sequence)]).astype(np.int64)
-        positions = base_positions(base_tokens, offsets, encoded.initial_exponents, self.base.grammar)
-        return Encoded(base_tokens, *positions, offsets, encoded.initial_exponents)
+        bp, i1, i2, component = base_positions(base_tokens, offsets, encoded.initial_exponents, self.base.grammar)
+        return Encoded(base_tokens, bp, i1, i2, offsets, encoded.initial_exponents, component)
 
     def encode(self, coeffs: np.ndarray) -> Encoded:
         return self.merge(self.base.encode(coeffs))
@@ -440,7 +444,8 @@ class BPELanguage:
 
     def _sequences(self, encoded: Encoded, with_valid: bool) -> np.ndarray:
         return check_sequences(encoded.tokens, encoded.offsets, encoded.initial_exponents,
-                                   (encoded.bp, encoded.i1, encoded.i2), self.base.grammar, self.vocabulary,
+                                   (encoded.bp, encoded.i1, encoded.i2, encoded.component), self.base.grammar,
+                                   self.vocabulary,
                                    with_valid)
 
     def check(self, encoded: Encoded) -> None:

@@ -29,44 +29,64 @@ from .grammar import (
     NOW_SIGNIFICANT_NEG,
     NOW_SIGNIFICANT_POS,
     T_COL,
+    T_COMPONENT,
     T_FLAT,
     T_PARENT,
     T_ROW,
+    T_START,
     ZERO_TREE,
     Language,
 )
 
 
-def _check_coefficients(coeffs: np.ndarray, language: Language) -> np.ndarray:
+def _check_matrix(coeffs, size: int, what: str) -> np.ndarray:
     coeffs = np.asarray(coeffs)
-    if coeffs.ndim == 2:
-        coeffs = coeffs[None]
-    if coeffs.ndim != 3 or coeffs.shape[1:] != (language.size, language.size):
-        raise ValueError(
-            f"coefficients must have shape (N, {language.size}, {language.size}) or "
-            f"({language.size}, {language.size}), got {coeffs.shape}")
+    if coeffs.ndim != 3 or coeffs.shape[1:] != (size, size):
+        raise ValueError(f"{what} must have shape (N, {size}, {size}), got {coeffs.shape}")
     if not np.issubdtype(coeffs.dtype, np.floating) and not np.issubdtype(coeffs.dtype, np.integer):
-        raise ValueError(f"coefficients must be real numbers, got dtype {coeffs.dtype}")
+        raise ValueError(f"{what} must be real numbers, got dtype {coeffs.dtype}")
     coeffs = coeffs.astype(np.float64, copy=False)
     if not np.isfinite(coeffs).all():
         bad = np.argwhere(~np.isfinite(coeffs))[0]
-        raise ValueError(f"coefficients must be finite; image {bad[0]} has {coeffs[tuple(bad)]} "
+        raise ValueError(f"{what} must be finite; image {bad[0]} has {coeffs[tuple(bad)]} "
                          f"at ({bad[1]}, {bad[2]})")
-    if language.initial_threshold == "uniform":
-        limit = 2.0 ** (language.m - 1)
-        peak = np.abs(coeffs).max(initial=0.0)
-        if peak > limit:
-            raise ValueError(f"uniform initial threshold needs max|a| <= {limit:g} "
-                             f"(images with pixels in [0, 1]); got {peak:g}")
     return coeffs
 
 
+def _check_coefficients(coeffs, language: Language):
+    """What `language.matrices` takes, checked: float64 matrices of the right shapes (a grey
+    language also takes one (M, M) matrix)."""
+    if not language.colour:
+        coeffs = np.asarray(coeffs)
+        if coeffs.ndim == 2:
+            coeffs = coeffs[None]
+        checked = _check_matrix(coeffs, language.size, "coefficients")
+    else:
+        if not isinstance(coeffs, (tuple, list)) or len(coeffs) != 2:
+            raise ValueError("colour coefficients are a pair: luma (N, M, M) and chroma (N, 2, M', M')")
+        luma = _check_matrix(coeffs[0], language.size, "luma coefficients")
+        chroma = np.asarray(coeffs[1])
+        if chroma.ndim != 4 or chroma.shape[:2] != (len(luma), 2):
+            raise ValueError(f"chroma coefficients must have shape ({len(luma)}, 2, {language.chroma_size}, "
+                             f"{language.chroma_size}), got {chroma.shape}")
+        chroma = np.stack([_check_matrix(chroma[:, c], language.chroma_size, "chroma coefficients")
+                           for c in range(2)], axis=1)
+        checked = (luma, chroma)
+    if language.initial_threshold == "uniform":
+        limit = 2.0 ** (language.m - 1)
+        peak = max(np.abs(m).max(initial=0.0) for m in language.matrices(checked))
+        if peak > limit:
+            raise ValueError(f"uniform initial threshold needs max|a| <= {limit:g} "
+                             f"(images with pixels in [0, 1]); got {peak:g}")
+    return checked
+
+
 @njit(cache=True, inline="always")
-def _subtree_max(table, magnitude, limit, out):
-    """Largest magnitude in each zero-tree subtree, over the coefficients a plane visits (scan
-    indices below `limit`)."""
-    out[:limit] = magnitude[:limit]
-    for k in range(limit - 1, -1, -1):  # children come after their parents in scan order
+def _subtree_max(table, magnitude, start, limit, out):
+    """Largest magnitude in each zero-tree subtree, over the coefficients a component's pass
+    visits (scan indices start..limit-1)."""
+    out[start:limit] = magnitude[start:limit]
+    for k in range(limit - 1, start - 1, -1):  # children come after their parents in scan order
         parent = table[T_PARENT, k]
         if parent >= 0:
             out[parent] = max(out[parent], out[k])
@@ -74,7 +94,7 @@ def _subtree_max(table, magnitude, limit, out):
 
 @njit(cache=True)
 def _encode_one(table, approx, marks, counters, scratch, a, e0, method, plane0_uncovers,
-                out_tokens, out_bp, out_i1, out_i2, start):
+                out_tokens, out_bp, out_i1, out_i2, out_component, start):
     n = len(a)
     magnitude, subtree_max, group_max, block_max = scratch[0], scratch[1], scratch[2], scratch[3]
     # Largest magnitude inside each group and block, to decide group tokens (zero-tree subtrees:
@@ -97,9 +117,9 @@ def _encode_one(table, approx, marks, counters, scratch, a, e0, method, plane0_u
         if counters[0, C_PLANE] != plane:
             plane = counters[0, C_PLANE]
             threshold = grammar.threshold_of(counters, 0)
-            if method == 1 and counters[0, C_LIMIT] != limit:  # the plane visits other levels
-                limit = counters[0, C_LIMIT]
-                _subtree_max(table, magnitude, limit, subtree_max)
+        if method == 1 and counters[0, C_LIMIT] != limit:  # a pass over other levels or another component
+            limit = counters[0, C_LIMIT]
+            _subtree_max(table, magnitude, table[T_START, k], limit, subtree_max)
         if magnitude[k] >= threshold:
             token = NOW_SIGNIFICANT_POS if a[table[T_FLAT, k]] > 0 else NOW_SIGNIFICANT_NEG
         else:
@@ -116,6 +136,7 @@ def _encode_one(table, approx, marks, counters, scratch, a, e0, method, plane0_u
         out_bp[i] = counters[0, C_PLANE]
         out_i1[i] = table[T_ROW, k]
         out_i2[i] = table[T_COL, k]
+        out_component[i] = table[T_COMPONENT, k]
         i += 1
         grammar.apply_at(table, approx, marks, counters, 0, kind, token)
     return i
@@ -123,36 +144,38 @@ def _encode_one(table, approx, marks, counters, scratch, a, e0, method, plane0_u
 
 @njit(cache=True)
 def _encode_batch(table, approx, marks, counters, coeffs, e0, method, plane0_uncovers,
-                  out_tokens, out_bp, out_i1, out_i2, offsets, final_approx):
+                  out_tokens, out_bp, out_i1, out_i2, out_component, offsets, final_approx):
     scratch = np.zeros((4, table.shape[1]))
     for j in range(len(e0)):
         offsets[j + 1] = _encode_one(
             table, approx, marks, counters, scratch, coeffs[j], e0[j], method, plane0_uncovers,
-            out_tokens, out_bp, out_i1, out_i2, offsets[j])
+            out_tokens, out_bp, out_i1, out_i2, out_component, offsets[j])
         if len(final_approx):
             grammar.store_matrix(table, approx, 0, final_approx[j])
 
 
-def encode(coeffs: np.ndarray, language: Language, return_approximation: bool = False):
-    """(N, M, M) (or one (M, M)) coefficient matrices -> Encoded sequences.
+def encode(coeffs, language: Language, return_approximation: bool = False):
+    """(N, M, M) (or one (M, M)) coefficient matrices -> Encoded sequences; colour: the pair
+    luma (N, M, M), chroma (N, 2, M', M').
 
-    With return_approximation, also the encoder's final approximation (N, M, M).
+    With return_approximation, also the encoder's final approximation (in the same form).
     """
     coeffs = _check_coefficients(coeffs, language)
-    n = len(coeffs)
+    flat = np.concatenate([m.reshape(len(m), -1) for m in language.matrices(coeffs)], axis=1)
+    n = len(flat)
     e0 = language.initial_exponents(coeffs)
     # At most one token per coefficient and plane. np.empty only reserves address space: the
     # pages the encoder never writes are never backed by memory.
     capacity = int(language.planes(e0).sum()) * language.n_coefficients
-    buffers = [np.empty(capacity, np.uint8) for _ in range(4)]
+    buffers = [np.empty(capacity, np.uint8) for _ in range(5)]
     offsets = np.zeros(n + 1, dtype=np.int64)
     approx = np.zeros((n if return_approximation else 0, language.n_coefficients))
-    _encode_batch(language.table, *grammar.new_state(language, 1), coeffs.reshape(n, -1), e0,
+    _encode_batch(language.table, *grammar.new_state(language, 1), flat, e0,
                   language.method_id, int(language.plane0_uncovers), *buffers, offsets, approx)
-    tokens, bp, i1, i2 = (buf[:offsets[-1]] for buf in buffers)
-    encoded = Encoded(tokens, bp, i1, i2, offsets, e0.astype(np.int8))
+    tokens, bp, i1, i2, component = (buf[:offsets[-1]] for buf in buffers)
+    encoded = Encoded(tokens, bp, i1, i2, offsets, e0.astype(np.int8), component)
     if return_approximation:
-        return encoded, approx.reshape(n, language.size, language.size)
+        return encoded, language.from_flat(approx)
     return encoded
 
 
@@ -174,9 +197,10 @@ def _decode_batch(table, approx, marks, counters, tokens, offsets, e0, method, p
     return -1, -1, 0
 
 
-def decode_batch(tokens: np.ndarray, offsets: np.ndarray, initial_exponents, language: Language) -> np.ndarray:
-    """Flat sequences -> (N, M, M) approximations. Any prefix of a valid sequence decodes (to a
-    coarser approximation); a token that the grammar does not allow raises ValueError."""
+def decode_batch(tokens: np.ndarray, offsets: np.ndarray, initial_exponents, language: Language):
+    """Flat sequences -> (N, M, M) approximations (colour: luma and chroma, as `encode` takes).
+    Any prefix of a valid sequence decodes (to a coarser approximation); a token that the grammar
+    does not allow raises ValueError."""
     tokens, offsets, e0 = language.check_sequences(tokens, offsets, initial_exponents)
     state = grammar.new_state(language, 1)
     out = np.zeros((len(e0), language.n_coefficients))
@@ -184,23 +208,27 @@ def decode_batch(tokens: np.ndarray, offsets: np.ndarray, initial_exponents, lan
                                  int(language.plane0_uncovers), out)
     if j >= 0:
         _raise_decode_error(tokens[offsets[j]:offsets[j + 1]], int(e0[j]), i, reason, language, j)
-    return out.reshape(len(e0), language.size, language.size)
+    return language.from_flat(out)
 
 
-def decode(tokens, initial_exponent: int, language: Language) -> np.ndarray:
-    """One sequence (or a prefix of one) -> (M, M) approximation."""
+def decode(tokens, initial_exponent: int, language: Language):
+    """One sequence (or a prefix of one) -> its approximation: (M, M) (colour: luma (M, M) and
+    chroma (2, M', M'))."""
     tokens = np.asarray(tokens)
-    return decode_batch(tokens.reshape(-1) if tokens.ndim == 1 else tokens, [0, tokens.size],
-                        [initial_exponent], language)[0]
+    out = decode_batch(tokens.reshape(-1) if tokens.ndim == 1 else tokens, [0, tokens.size],
+                       [initial_exponent], language)
+    return (out[0][0], out[1][0]) if language.colour else out[0]
 
 
-def decode_after_each_plane(encoded: Encoded, j: int, language: Language, planes: int) -> np.ndarray:
-    """(planes, M, M): sequence j decoded from its prefix up to the end of bit-plane 0, 1, ...
-    (the coarse-to-fine view; planes past the sequence's last repeat its full decode)."""
+def decode_after_each_plane(encoded: Encoded, j: int, language: Language, planes: int):
+    """Sequence j decoded from its prefix up to the end of bit-plane 0, 1, ... (the coarse-to-fine
+    view; planes past the sequence's last repeat its full decode): (planes, M, M) approximations
+    (colour: luma and chroma, as `encode` takes)."""
     seq = slice(encoded.offsets[j], encoded.offsets[j + 1])
     tokens, bp = encoded.tokens[seq], encoded.bp[seq]
-    e0 = int(encoded.initial_exponents[j])
-    return np.stack([decode(tokens[bp <= plane], e0, language) for plane in range(planes)])
+    prefixes = [tokens[bp <= plane] for plane in range(planes)]
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in prefixes])])
+    return decode_batch(np.concatenate(prefixes), offsets, np.repeat(encoded.initial_exponents[j], planes), language)
 
 
 def _raise_decode_error(sequence, e0, index, reason, language, j):

@@ -16,6 +16,11 @@ class Encoded:
     i2: np.ndarray  # uint8 column
     offsets: np.ndarray  # int64, N + 1
     initial_exponents: np.ndarray  # int8 e0 per sequence
+    component: np.ndarray | None = None  # uint8 component of each token (colour: 0 Y, 1 Cb, 2 Cr); None: all 0
+
+    def __post_init__(self):
+        if self.component is None:
+            self.component = np.zeros(len(self.tokens), np.uint8)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -34,4 +39,4 @@ class Encoded:
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         flat = np.repeat(self.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
         return Encoded(self.tokens[flat], self.bp[flat], self.i1[flat], self.i2[flat], offsets,
-                       self.initial_exponents[rows])
+                       self.initial_exponents[rows], self.component[flat])

@@ -23,9 +23,19 @@ plane of threshold 2^t visits only the levels with f <= t, which, as the scan ru
 is a prefix of the scan: the plane ends at its `limit`, and a zero-tree subtree counts only the
 coefficients the plane visits (one row of subtree sizes per deepest visited level).
 
+Colour (README, "The colour wavelet language", C1 to C8): the scan runs over components, Y then
+Cb then Cr, each its own M_c x M_c matrix with its own final exponents; a plane visits, per
+component, the prefix of its scan that the component's final exponents allow (the component's
+`limit`), then moves on to the next component. The scan indices of all components are one run
+(component c from its `start` to its `end`), so a batch of colour states is the same arrays as a
+batch of grey ones; a grey language is the case of one component. Zero-trees and blocks stay
+inside a component: parents, blocks and groups are laid out per component (each starts at a
+multiple of 16).
+
 Canonical form (section 6): what the encoder can emit. A block or group that dissolves, a root
 that emits Insignificant instead of ZeroTree, and (per-image thresholds) plane 0 each oblige an
-uncovering (NowSignificant) among the coefficients they hold. The state counts, per open
+uncovering (NowSignificant) among the coefficients they hold (colour: plane 0's among those of
+all components). The state counts, per open
 obligation, the coefficients not yet covered; a token other than NowSignificant is refused when
 it would cover the last of them.
 """
@@ -64,9 +74,10 @@ _NOW_SIGNIFICANT = (1 << NOW_SIGNIFICANT_NEG) | (1 << NOW_SIGNIFICANT_POS)
 #   approx   float64 (B, K)      the approximation a~ of each coefficient, in scan order
 #   marks    int64   (B, 3, K)   per coefficient: flags, plane of a zero-tree skip, open need
 #   counters int64   (B, N_COUNTERS)
-# and a language is one table, int64 (6 + levels, K): row, column, flat index row * M + column,
-# zero-tree parent, level, final exponent of the level, then per deepest visited level d the size
-# of each subtree cut at level d.
+# and a language is one table, int64 (9 + levels, K): row, column, flat index (into the components'
+# matrices flattened one after another), zero-tree parent, level, final exponent of the level,
+# component, its first and one-past-last scan index, then per deepest visited level d the size of
+# each subtree cut at level d.
 MAX_E0 = 1024  # frexp's exponent of the largest finite float64: the threshold table's end
 _POW2_OFFSET = 1100  # ... and its start: 2^-1100, below any threshold a valid language reaches
 M_FLAGS, M_SKIP, M_NEED = range(3)
@@ -78,7 +89,7 @@ F_DESCENDANT_SIGNIFICANT = 8
 (C_PLANE, C_CURSOR, C_PLANES, C_E0, C_NEED_PLANE, C_NEED_BLOCK, C_NEED_GROUP, C_DONE,
  C_METHOD, C_PLANE0_UNCOVERS, C_LIMIT, C_DEPTH) = range(12)
 N_COUNTERS = 12
-T_ROW, T_COL, T_FLAT, T_PARENT, T_LEVEL, T_FINAL, T_SUBTREE = range(7)
+T_ROW, T_COL, T_FLAT, T_PARENT, T_LEVEL, T_FINAL, T_COMPONENT, T_START, T_END, T_SUBTREE = range(10)
 
 
 def mask_to_ids(mask: int) -> list[int]:
@@ -90,36 +101,104 @@ def masks_to_bool(masks: np.ndarray) -> np.ndarray:
     return ((np.asarray(masks)[..., None] >> np.arange(VOCAB_SIZE)) & 1).astype(bool)
 
 
+def _final_exponent_value(f):
+    """One int, or one per level as a tuple (which keeps the language hashable)."""
+    return tuple(int(v) for v in f) if isinstance(f, (list, tuple, np.ndarray)) else f
+
+
+def _check_final_exponent(f, size: int, what: str) -> None:
+    lo, hi = 1 - _POW2_OFFSET, MAX_E0 - 1
+    values, levels = (f if isinstance(f, tuple) else (f,)), _levels_of(size)
+    if isinstance(f, tuple) and len(f) != levels:
+        raise ValueError(f"{what} {f} has {len(f)} values; a {size} x {size} matrix has "
+                         f"{levels} decomposition levels: give one integer, or {levels} (coarse to fine)")
+    if any(not lo <= v <= hi for v in values):
+        raise ValueError(f"{what} {f} is outside {lo}..{hi}")
+    if list(values) != sorted(values):
+        raise ValueError(f"{what} {f} decreases; per-level values run coarse to fine and must not "
+                         "decrease (a coarse level keeps at least as fine planes as a finer one)")
+
+
+def _check_size(size: int, what: str) -> None:
+    if size < 4 or size & (size - 1):
+        raise ValueError(f"{what} {size} is not a power of two >= 4")
+
+
+def _levels_of(size: int) -> int:
+    """Decomposition levels of an M x M matrix: LL with the coarsest details, then one per finer
+    detail side."""
+    return int(size).bit_length() - 2
+
+
+class Component(NamedTuple):
+    """One matrix the scan visits: its side and the final exponent of each of its levels."""
+
+    size: int
+    final_exponents: np.ndarray
+
+    @property
+    def levels(self) -> int:
+        return _levels_of(self.size)
+
+    @property
+    def n_coefficients(self) -> int:
+        return self.size * self.size
+
+
 @dataclass(frozen=True)
 class Language:
     """One wavelet language: coefficient matrix size, scan method and plane settings. The final
-    exponent is one int, or one per decomposition level (coarse to fine, non-decreasing)."""
+    exponent is one int, or one per decomposition level (coarse to fine, non-decreasing).
+
+    Colour (`chroma_size` > 0): Y's matrix of side `size` with `final_exponent`, then Cb's and
+    Cr's of side `chroma_size` with `chroma_final_exponent` (an int or one per chroma level; its
+    lowest value at least Y's lowest: chroma is coarser or equal)."""
 
     size: int = 32  # M
     method: str = "zeroblock"
     final_exponent: int | tuple[int, ...] = -3
     initial_threshold: str = "per_image"
+    chroma_size: int = 0  # M' of Cb and Cr; 0: a grey language
+    chroma_final_exponent: int | tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
-        if self.size < 4 or self.size & (self.size - 1):
-            raise ValueError(f"size {self.size} is not a power of two >= 4")
-        if isinstance(self.final_exponent, (list, tuple, np.ndarray)):  # a tuple keeps the language hashable
-            object.__setattr__(self, "final_exponent", tuple(int(f) for f in self.final_exponent))
-        self._check_final_exponents()
+        _check_size(self.size, "size")
+        object.__setattr__(self, "final_exponent", _final_exponent_value(self.final_exponent))
+        _check_final_exponent(self.final_exponent, self.size, "final exponent")
+        if not self.colour:
+            if self.chroma_final_exponent is not None:
+                raise ValueError("a chroma final exponent needs a chroma size (a colour language)")
+            return
+        _check_size(self.chroma_size, "chroma size")
+        if self.chroma_final_exponent is None:
+            raise ValueError("a colour language needs a chroma final exponent")
+        object.__setattr__(self, "chroma_final_exponent", _final_exponent_value(self.chroma_final_exponent))
+        _check_final_exponent(self.chroma_final_exponent, self.chroma_size, "chroma final exponent")
+        if self.components[1].final_exponents.min() < self.final_exponents.min():
+            raise ValueError(f"chroma final exponent {self.chroma_final_exponent} goes below the luma's "
+                             f"{self.final_exponent}: chroma keeps planes no finer than luma's finest")
 
-    def _check_final_exponents(self) -> None:
-        f, lo, hi = self.final_exponent, 1 - _POW2_OFFSET, MAX_E0 - 1
-        values = f if isinstance(f, tuple) else (f,)
-        if isinstance(f, tuple) and len(f) != self.levels:
-            raise ValueError(f"final exponent {f} has {len(f)} values; a {self.size} x {self.size} matrix has "
-                             f"{self.levels} decomposition levels: give one integer, or {self.levels} (coarse to fine)")
-        if any(not lo <= v <= hi for v in values):
-            raise ValueError(f"final exponent {f} is outside {lo}..{hi}")
-        if list(values) != sorted(values):
-            raise ValueError(f"final exponent {f} decreases; per-level values run coarse to fine and must not "
-                             "decrease (a coarse level keeps at least as fine planes as a finer one)")
+    @property
+    def colour(self) -> bool:
+        return self.chroma_size > 0
+
+    @cached_property
+    def components(self) -> tuple[Component, ...]:
+        """Y (or the grey matrix), then Cb and Cr for a colour language."""
+        def component(size, f):
+            return Component(size, np.broadcast_to(np.asarray(f, np.int64), (_levels_of(size),)))
+        luma = component(self.size, self.final_exponent)
+        if not self.colour:
+            return (luma,)
+        chroma = component(self.chroma_size, self.chroma_final_exponent)
+        return luma, chroma, chroma
+
+    @cached_property
+    def starts(self) -> np.ndarray:
+        """The first scan index of each component, and the total count last."""
+        return np.concatenate([[0], np.cumsum([c.n_coefficients for c in self.components])]).astype(np.int64)
 
     @property
     def m(self) -> int:
@@ -127,22 +206,22 @@ class Language:
 
     @property
     def levels(self) -> int:
-        """Decomposition levels: LL with the coarsest details, then one per finer detail side."""
-        return self.m - 1
+        """Decomposition levels (of Y's matrix for colour)."""
+        return _levels_of(self.size)
 
     @property
     def final_exponents(self) -> np.ndarray:
-        """The final exponent of each level, coarse to fine."""
-        return np.broadcast_to(np.asarray(self.final_exponent, np.int64), (self.levels,))
+        """The final exponent of each level, coarse to fine (Y's for colour)."""
+        return self.components[0].final_exponents
 
     @property
     def min_final_exponent(self) -> int:
-        """The last plane's threshold exponent (the coarsest level's)."""
+        """The last plane's threshold exponent (the coarsest luma level's)."""
         return int(self.final_exponents.min())
 
     @property
     def n_coefficients(self) -> int:
-        return self.size * self.size
+        return int(self.starts[-1])
 
     @property
     def method_id(self) -> int:
@@ -154,79 +233,82 @@ class Language:
         return self.initial_threshold == "per_image"
 
     @cached_property
+    def _scans(self) -> list["ComponentScan"]:
+        return [ComponentScan.of(c.size, self.method) for c in self.components]
+
+    def _joined(self, values) -> np.ndarray:
+        return np.concatenate(list(values)).astype(np.int64)
+
+    @cached_property
     def order(self) -> np.ndarray:
-        """Flat (row * M + col) index of each coefficient, in scan order."""
-        units = [(0, 0, 2)]  # (row, col, side) of LL, then the detail subbands coarse to fine
-        s = 2
-        while s < self.size:
-            units += [(0, s, s), (s, 0, s), (s, s, s)]
-            s *= 2
-        order: list[int] = []
-        for row, col, side in units:
-            if self.method == "zerotree":
-                order += [(row + r) * self.size + col + c for r in range(side) for c in range(side)]
-                continue
-            blocks = [(row, col)] if side == 2 else [
-                (row + br, col + bc) for br in range(0, side, 4) for bc in range(0, side, 4)]
-            for r0, c0 in blocks:
-                groups = [(r0, c0)] if side == 2 else [(r0 + gr, c0 + gc) for gr in (0, 2) for gc in (0, 2)]
-                for r1, c1 in groups:
-                    order += [(r1 + r) * self.size + c1 + c for r in (0, 1) for c in (0, 1)]
-        return np.array(order, dtype=np.int64)
+        """Flat index of each coefficient, in scan order: row * M_c + col, plus the component's
+        start (its matrix flattened after the earlier components')."""
+        return self._joined(s.order + start for s, start in zip(self._scans, self.starts))
+
+    @cached_property
+    def component(self) -> np.ndarray:
+        """The component (0 Y or grey, 1 Cb, 2 Cr) of each coefficient in scan order."""
+        return self._joined(np.full(c.n_coefficients, i) for i, c in enumerate(self.components))
 
     @cached_property
     def rows(self) -> np.ndarray:
-        return (self.order // self.size).astype(np.int64)
+        return self._joined(s.order // c.size for s, c in zip(self._scans, self.components))
 
     @cached_property
     def cols(self) -> np.ndarray:
-        return (self.order % self.size).astype(np.int64)
+        return self._joined(s.order % c.size for s, c in zip(self._scans, self.components))
 
     @cached_property
     def parent(self) -> np.ndarray:
         """Scan index of each coefficient's zero-tree parent, or -1 (LL and the coarsest details)."""
-        position = np.empty(self.n_coefficients, dtype=np.int64)
-        position[self.order] = np.arange(self.n_coefficients)
-        r, c = self.rows, self.cols
-        has_parent = np.maximum(r, c) >= 4  # details of the level of side 2 have no parent
-        parent = np.full(self.n_coefficients, -1, dtype=np.int64)
-        parent[has_parent] = position[(r[has_parent] // 2) * self.size + c[has_parent] // 2]
-        return parent
+        return self._joined(np.where(s.parent >= 0, s.parent + start, -1) for s, start in zip(self._scans, self.starts))
 
     @cached_property
     def level(self) -> np.ndarray:
-        """Decomposition level of each coefficient in scan order: level l ends at index 4^(l+2)."""
-        ends = 4 ** np.arange(2, self.levels + 2)
-        return np.searchsorted(ends, np.arange(self.n_coefficients), side="right").astype(np.int64)
-
-    @cached_property
-    def visible_subtree_sizes(self) -> np.ndarray:
-        """(levels, K): row d, the coefficients of each zero-tree subtree (itself included) down to
-        level d, what a plane whose deepest level is d visits of it."""
-        sizes = (self.level[None, :] <= np.arange(self.levels)[:, None]).astype(np.int64)
-        for k in range(self.n_coefficients - 1, -1, -1):  # children come after parents
-            if self.parent[k] >= 0:
-                sizes[:, self.parent[k]] += sizes[:, k]
-        return sizes
+        """Decomposition level of each coefficient in scan order (in its component)."""
+        return self._joined(s.level for s in self._scans)
 
     @cached_property
     def table(self) -> np.ndarray:
-        """What the compiled kernels need to know about the scan: (6 + levels, K) int64."""
-        return np.vstack([self.rows, self.cols, self.order, self.parent, self.level,
-                          self.final_exponents[self.level], self.visible_subtree_sizes]).astype(np.int64)
+        """What the compiled kernels need to know about the scan: (9 + levels, K) int64."""
+        finals = self._joined(c.final_exponents[s.level] for s, c in zip(self._scans, self.components))
+        lengths = np.diff(self.starts)
+        # A chroma component has fewer levels than Y: its deeper rows repeat its whole subtrees.
+        subtrees = np.hstack([s.visible_subtree_sizes[np.minimum(np.arange(self.levels), c.levels - 1)]
+                              for s, c in zip(self._scans, self.components)])
+        return np.vstack([self.rows, self.cols, self.order, self.parent, self.level, finals, self.component,
+                          np.repeat(self.starts[:-1], lengths), np.repeat(self.starts[1:], lengths),
+                          subtrees]).astype(np.int64)
 
-    def initial_exponents(self, coeffs: np.ndarray) -> np.ndarray:
-        """e0 per image (spec section 2): floor(log2|a|) + 1 of the largest coefficient that can
-        become significant (|a| >= 2^f of its level; all of them for one f), at least min f + 1;
-        or m - 1. A coefficient below its level's last threshold would leave plane 0 empty."""
-        n = len(coeffs)
+    def matrices(self, coeffs) -> list[np.ndarray]:
+        """The components' coefficient matrices: a grey language's (N, M, M) array is its one
+        matrix; a colour language takes (luma (N, M, M), chroma (N, 2, M', M'))."""
+        if not self.colour:
+            return [np.asarray(coeffs)]
+        luma, chroma = coeffs
+        return [np.asarray(luma), np.asarray(chroma)[:, 0], np.asarray(chroma)[:, 1]]
+
+    def from_flat(self, flat: np.ndarray):
+        """(N, K) values in flat order (`order`'s indices) -> what `matrices` takes."""
+        parts = [flat[:, a:b].reshape(-1, c.size, c.size)
+                 for a, b, c in zip(self.starts[:-1], self.starts[1:], self.components)]
+        return parts[0] if not self.colour else (parts[0], np.stack(parts[1:], axis=1))
+
+    def initial_exponents(self, coeffs) -> np.ndarray:
+        """e0 per image (spec section 2; colour C2: over all components): floor(log2|a|) + 1 of the
+        largest coefficient that can become significant (|a| >= 2^f of its level; all of them for
+        one f), at least min f + 1; or m - 1. A coefficient below its level's last threshold would
+        leave plane 0 empty."""
+        matrices = self.matrices(coeffs)
+        n = len(matrices[0])
         if self.initial_threshold == "uniform":
             return np.full(n, self.m - 1, dtype=np.int64)
         e0 = np.full(n, self.min_final_exponent + 1, dtype=np.int64)
-        for level, f in enumerate(self.final_exponents):
-            peak = self._level_peak(coeffs, level)
-            _, exponent = np.frexp(peak)  # peak = mantissa * 2^exponent, mantissa in [0.5, 1)
-            e0 = np.where(peak >= np.ldexp(1.0, f), np.maximum(e0, exponent), e0)
+        for matrix, component in zip(matrices, self.components):
+            for level, f in enumerate(component.final_exponents):
+                peak = self._level_peak(matrix, level)
+                _, exponent = np.frexp(peak)  # peak = mantissa * 2^exponent, mantissa in [0.5, 1)
+                e0 = np.where(peak >= np.ldexp(1.0, f), np.maximum(e0, exponent), e0)
         return e0
 
     @staticmethod
@@ -285,6 +367,57 @@ class Language:
         return tokens.astype(np.int64), offsets, e0
 
 
+@dataclass(frozen=True)
+class ComponentScan:
+    """The scan of one M x M matrix (the contract's sections 3 and 7): flat index, zero-tree parent
+    and level of each coefficient in scan order, and the visible subtree sizes."""
+
+    order: np.ndarray
+    parent: np.ndarray
+    level: np.ndarray
+    visible_subtree_sizes: np.ndarray
+
+    @classmethod
+    def of(cls, size: int, method: str) -> "ComponentScan":
+        order = cls._order(size, method)
+        n, levels = size * size, _levels_of(size)
+        position = np.empty(n, dtype=np.int64)
+        position[order] = np.arange(n)
+        r, c = order // size, order % size
+        has_parent = np.maximum(r, c) >= 4  # details of the level of side 2 have no parent
+        parent = np.full(n, -1, dtype=np.int64)
+        parent[has_parent] = position[(r[has_parent] // 2) * size + c[has_parent] // 2]
+        # Level l ends at scan index 4^(l+2).
+        level = np.searchsorted(4 ** np.arange(2, levels + 2), np.arange(n), side="right").astype(np.int64)
+        # Row d: the coefficients of each zero-tree subtree (itself included) down to level d, what
+        # a plane whose deepest level is d visits of it.
+        sizes = (level[None, :] <= np.arange(levels)[:, None]).astype(np.int64)
+        for k in range(n - 1, -1, -1):  # children come after parents
+            if parent[k] >= 0:
+                sizes[:, parent[k]] += sizes[:, k]
+        return cls(order, parent, level, sizes)
+
+    @staticmethod
+    def _order(size: int, method: str) -> np.ndarray:
+        units = [(0, 0, 2)]  # (row, col, side) of LL, then the detail subbands coarse to fine
+        s = 2
+        while s < size:
+            units += [(0, s, s), (s, 0, s), (s, s, s)]
+            s *= 2
+        order: list[int] = []
+        for row, col, side in units:
+            if method == "zerotree":
+                order += [(row + r) * size + col + c for r in range(side) for c in range(side)]
+                continue
+            blocks = [(row, col)] if side == 2 else [
+                (row + br, col + bc) for br in range(0, side, 4) for bc in range(0, side, 4)]
+            for r0, c0 in blocks:
+                groups = [(r0, c0)] if side == 2 else [(r0 + gr, c0 + gc) for gr in (0, 2) for gc in (0, 2)]
+                for r1, c1 in groups:
+                    order += [(r1 + r) * size + c1 + c for r in (0, 1) for c in (0, 1)]
+        return np.array(order, dtype=np.int64)
+
+
 # ----- compiled kernels: state b is row b of (approx, marks, counters) -----
 
 # 2^e for every exponent a float64 threshold can have, so a threshold is one table lookup.
@@ -313,7 +446,7 @@ def kind_at(table, marks, counters, b):
     f = marks[b, M_FLAGS, k]
     zerotree = counters[b, C_METHOD] == 1
     if not zerotree:
-        if k >= 16 and k % 16 == 0 and not (f & F_BLOCK_DISSOLVED):
+        if k - table[T_START, k] >= 16 and k % 16 == 0 and not (f & F_BLOCK_DISSOLVED):
             return KIND_BLOCK
         if k % 4 == 0 and not (f & F_GROUP_DISSOLVED):
             return KIND_GROUP
@@ -386,21 +519,39 @@ def reset(table, approx, marks, counters, b, e0, method, plane0_uncovers):
     counters[b, C_METHOD] = method
     counters[b, C_PLANE0_UNCOVERS] = plane0_uncovers
     if not counters[b, C_DONE]:
-        _start_plane(table, counters, b)
-    # Plane 0 must uncover something among what it visits, except at e0 = min f + 1: there the
-    # image may lie wholly below the one threshold 2^f (a blank image, or e0 raised to f + 1), and
-    # nothing is uncovered.
-    counters[b, C_NEED_PLANE] = counters[b, C_LIMIT] if plane0_uncovers and e0 > final_exponent + 1 else 0
+        _enter_component(table, counters, b)
+    # Plane 0 must uncover something among what it visits (in all components), except at
+    # e0 = min f + 1: there the image may lie wholly below the one threshold 2^f (a blank image, or
+    # e0 raised to f + 1), and nothing is uncovered.
+    if plane0_uncovers and e0 > final_exponent + 1:
+        start = 0
+        while start < table.shape[1]:
+            end = table[T_END, start]
+            counters[b, C_NEED_PLANE] += _visited(table, start, end, e0 - 1)
+            start = end
 
 
 @njit(cache=True, inline="always")
-def _start_plane(table, counters, b):
-    """The current plane's end and deepest level: it visits the levels whose final exponent is at
-    most its threshold exponent, the scan indices below the first that needs a larger one."""
+def _visited(table, start, end, t):
+    """How many of the scan indices start..end-1 (one component) a plane of threshold 2^t visits:
+    the levels whose final exponent is at most t, a prefix of the component's scan."""
+    return np.searchsorted(table[T_FINAL, start:end], t, side="right")
+
+
+@njit(cache=True, inline="always")
+def _enter_component(table, counters, b):
+    """From the cursor at a component's start: the first component (it or a later one) that the
+    current plane visits, its end for this plane (`C_LIMIT`) and deepest level; 0 if none is left."""
     t = counters[b, C_E0] - 1 - counters[b, C_PLANE]
-    limit = np.searchsorted(table[T_FINAL], t, side="right")
-    counters[b, C_LIMIT] = limit
-    counters[b, C_DEPTH] = table[T_LEVEL, limit - 1]
+    while counters[b, C_CURSOR] < table.shape[1]:
+        start = counters[b, C_CURSOR]
+        visited = _visited(table, start, table[T_END, start], t)
+        if visited > 0:
+            counters[b, C_LIMIT] = start + visited
+            counters[b, C_DEPTH] = table[T_LEVEL, start + visited - 1]
+            return 1
+        counters[b, C_CURSOR] = table[T_END, start]
+    return 0
 
 
 @njit(cache=True, inline="always")
@@ -408,14 +559,17 @@ def _settle(table, marks, counters, b):
     """Move the cursor over plane ends and skipped zero-tree descendants."""
     while True:
         k = counters[b, C_CURSOR]
-        if k >= counters[b, C_LIMIT]:
+        if k >= counters[b, C_LIMIT]:  # this component's pass is over: the next one's, or the next plane
+            counters[b, C_CURSOR] = table[T_END, counters[b, C_LIMIT] - 1]
+            if _enter_component(table, counters, b):
+                continue
             counters[b, C_PLANE] += 1
             counters[b, C_CURSOR] = 0
             counters[b, C_NEED_PLANE] = 0
             if counters[b, C_PLANE] >= counters[b, C_PLANES]:
                 counters[b, C_DONE] = 1
                 return
-            _start_plane(table, counters, b)
+            _enter_component(table, counters, b)
             continue
         if counters[b, C_METHOD] == 0:
             # A new block or group: the previous one's obligation is over (only a non-canonical
@@ -530,13 +684,14 @@ def _advance_row(table, approx, marks, counters, b, tokens, canonical):
 
 
 @njit(cache=True)
-def _observe(table, marks, counters, canonical, bp, i1, i2, masks, done):
+def _observe(table, marks, counters, canonical, bp, i1, i2, component, masks, done):
     for b in range(len(done)):
         done[b] = counters[b, C_DONE]
         k = counters[b, C_CURSOR]
         bp[b] = counters[b, C_PLANE]
         i1[b] = table[T_ROW, k] if not done[b] else 0
         i2[b] = table[T_COL, k] if not done[b] else 0
+        component[b] = table[T_COMPONENT, k] if not done[b] else 0
         masks[b] = valid_mask(table, marks, counters, b, canonical)
 
 
@@ -556,8 +711,8 @@ def _step_all(table, approx, marks, counters, tokens, canonical):
 class BatchScan:
     """B scan states advanced together: the sampler's view of the grammar.
 
-    After construction and after each `step`, `bp`, `i1`, `i2` hold the position of each
-    sequence's next token, `masks` the bitmask of its valid ids (canonical form unless
+    After construction and after each `step`, `bp`, `i1`, `i2` and `component` hold the position
+    of each sequence's next token, `masks` the bitmask of its valid ids (canonical form unless
     canonical=False) and `done` whether the sequence is complete (finished states ignore tokens).
     """
 
@@ -567,14 +722,14 @@ class BatchScan:
         e0 = language.check_initial_exponents(initial_exponents)
         self.state = new_state(language, len(e0))
         _reset_all(language.table, *self.state, e0, language.method_id, int(language.plane0_uncovers))
-        self.bp, self.i1, self.i2, self.masks = (np.zeros(len(e0), np.int64) for _ in range(4))
+        self.bp, self.i1, self.i2, self.component, self.masks = (np.zeros(len(e0), np.int64) for _ in range(5))
         self.done = np.zeros(len(e0), np.bool_)
         self.observe()
 
     def observe(self) -> None:
         """Read positions, masks and `done` off the states (after changing them directly)."""
         _observe(self.language.table, self.state.marks, self.state.counters, self.canonical,
-                 self.bp, self.i1, self.i2, self.masks, self.done)
+                 self.bp, self.i1, self.i2, self.component, self.masks, self.done)
 
     def valid(self) -> np.ndarray:
         """(B, VOCAB_SIZE) bool: the valid ids of each sequence's next token."""
@@ -621,15 +776,17 @@ class BatchScan:
         """Keep only states `rows`, in that order (the others are dropped)."""
         rows = np.asarray(rows, dtype=np.int64)
         self.state = ScanState(*(np.ascontiguousarray(a[rows]) for a in self.state))
-        self.bp, self.i1, self.i2, self.masks = (a[rows] for a in (self.bp, self.i1, self.i2, self.masks))
+        self.bp, self.i1, self.i2, self.component, self.masks = (
+            a[rows] for a in (self.bp, self.i1, self.i2, self.component, self.masks))
         self.done = self.done[rows]
 
 
-def scan_to_matrix(scan_values: np.ndarray, language: Language) -> np.ndarray:
-    """(N, K) values in scan order -> (N, M, M) coefficient matrices."""
+def scan_to_matrix(scan_values: np.ndarray, language: Language):
+    """(N, K) values in scan order -> (N, M, M) coefficient matrices (colour: luma (N, M, M) and
+    chroma (N, 2, M', M'))."""
     out = np.empty_like(scan_values)
     out[:, language.order] = scan_values
-    return out.reshape(-1, language.size, language.size)
+    return language.from_flat(out)
 
 
 @njit(cache=True, inline="always")
@@ -640,7 +797,7 @@ def store_matrix(table, approx, b, out):
 
 
 @njit(cache=True)
-def _sequence_masks(table, approx, marks, counters, tokens, bp, i1, i2, offsets, e0, method,
+def _sequence_masks(table, approx, marks, counters, tokens, bp, i1, i2, component, offsets, e0, method,
                     plane0_uncovers, out):
     """Returns (-1, 0, 0), or (sequence, index in it, reason) of the first problem: 1 a token the
     grammar (canonical form) does not allow, 2 a position that is not the scan's, 3 a sequence
@@ -653,7 +810,8 @@ def _sequence_masks(table, approx, marks, counters, tokens, bp, i1, i2, offsets,
             if not (mask >> tokens[i]) & 1:
                 return j, i - offsets[j], 1
             k = counters[0, C_CURSOR]
-            if positions and (bp[i] != counters[0, C_PLANE] or i1[i] != table[T_ROW, k] or i2[i] != table[T_COL, k]):
+            if positions and (bp[i] != counters[0, C_PLANE] or i1[i] != table[T_ROW, k] or i2[i] != table[T_COL, k]
+                              or component[i] != table[T_COMPONENT, k]):
                 return j, i - offsets[j], 2
             out[i] = mask
             apply(table, approx, marks, counters, 0, tokens[i])
@@ -663,28 +821,32 @@ def _sequence_masks(table, approx, marks, counters, tokens, bp, i1, i2, offsets,
 
 
 def sequence_masks(tokens: np.ndarray, offsets: np.ndarray, initial_exponents, language: Language,
-                   positions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                   positions: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
     """The canonical valid-id bitmask in front of every token of every sequence (flat, aligned
     with tokens): what the model may choose from at each step, for masked training and NLL.
-    Every sequence must be complete and canonical; with `positions` (bp, i1, i2 of every token)
-    those must be the scan's too. ValueError names the first sequence that is not."""
+    Every sequence must be complete and canonical; with `positions` (bp, i1, i2 and, for colour,
+    the component of every token) those must be the scan's too. ValueError names the first
+    sequence that is not."""
     tokens, offsets, e0 = language.check_sequences(tokens, offsets, initial_exponents)
     if tokens.size and (tokens.min() < 0 or tokens.max() >= VOCAB_SIZE):
         bad = int(np.flatnonzero((tokens < 0) | (tokens >= VOCAB_SIZE))[0])
         raise ValueError(f"token {tokens[bad]} at index {bad} is not an id of the language (0..{VOCAB_SIZE - 1})")
     if positions is None:
-        bp = i1 = i2 = np.zeros(0, np.int64)
+        bp = i1 = i2 = component = np.zeros(0, np.int64)
     else:
-        bp, i1, i2 = (np.asarray(a, np.int64) for a in positions)
-        if not len(bp) == len(i1) == len(i2) == len(tokens):
-            raise ValueError(f"positions of {len(bp)}, {len(i1)}, {len(i2)} tokens for {len(tokens)} tokens")
+        bp, i1, i2, *rest = (np.asarray(a, np.int64) for a in positions)
+        component = rest[0] if rest else np.zeros(len(bp), np.int64)
+        if not len(bp) == len(i1) == len(i2) == len(component) == len(tokens):
+            raise ValueError(f"positions of {len(bp)}, {len(i1)}, {len(i2)}, {len(component)} tokens "
+                             f"for {len(tokens)} tokens")
     out = np.zeros(len(tokens), dtype=np.uint8)
-    j, index, reason = _sequence_masks(language.table, *new_state(language, 1), tokens, bp, i1, i2, offsets,
+    j, index, reason = _sequence_masks(language.table, *new_state(language, 1), tokens, bp, i1, i2, component, offsets,
                                        e0, language.method_id, int(language.plane0_uncovers), out)
     if j >= 0:
         problem = {1: f"token {index} is not valid there (not in the grammar's canonical form)",
-                   2: f"token {index} has position (bp, i1, i2) = ({bp[offsets[j] + index]}, "
-                      f"{i1[offsets[j] + index]}, {i2[offsets[j] + index]}), not the scan's",
+                   2: f"token {index} has position (bp, i1, i2, component) = ({bp[offsets[j] + index]}, "
+                      f"{i1[offsets[j] + index]}, {i2[offsets[j] + index]}, {component[offsets[j] + index]}), "
+                      "not the scan's",
                    3: f"it ends after {index} tokens, before its last bit-plane does"}[reason]
         raise ValueError(f"sequence {j}: {problem}")
     return out
