@@ -20,14 +20,15 @@ def save(fig, path: str | Path) -> None:
 
 def image_grid(images: np.ndarray, path: str | Path, row_labels=None, col_labels=None,
                title: str | None = None, cell: float = 1.0) -> None:
-    """images (rows, cols, H, W) in [0, 1] as a grey grid."""
+    """images (rows, cols, H, W) in [0, 1] as a grey grid, or (rows, cols, H, W, 3) RGB."""
     rows, cols = images.shape[:2]
     fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * cell + (0.4 if title else 0)),
                              squeeze=False)
     for r in range(rows):
         for c in range(cols):
             ax = axes[r, c]
-            ax.imshow(np.clip(images[r, c], 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(np.clip(images[r, c], 0, 1), cmap="gray" if images.ndim == 4 else None, vmin=0, vmax=1,
+                      interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if col_labels is not None and r == 0:
@@ -63,15 +64,15 @@ def bars(names: list[str], values: list[float], path: str | Path, xlabel: str, y
 def progressive_figure(language, encoded, picks, path: str | Path, row_labels: list[str], title: str,
                        originals: np.ndarray | None = None, show_positions: bool = False) -> None:
     """Sequences `picks` of `encoded`, each decoded after every stage of its language (bit-planes
-    for wavelets), coarse to fine, one row each; `originals` (N, H, W) in [0, 1] add a last
-    column; `show_positions` adds a row under each with where that stage's tokens sit (i1, i2),
-    at the image's scale."""
+    for wavelets), coarse to fine, one row each; `originals` (N, H, W) in [0, 1] (colour:
+    (N, H, W, 3)) add a last column; `show_positions` adds a row under each with where that
+    stage's tokens sit (i1, i2; colour: the luma's), at the image's scale."""
     decoded = [language.progressive(encoded, j) for j in picks]
     stages = max(len(names) for _, names, _ in decoded)
     names = max((names for _, names, _ in decoded), key=len)
-    height, width = decoded[0][0].shape[1:]
+    height, width, *channels = decoded[0][0].shape[1:]
     per_pick = 2 if show_positions else 1
-    cells = np.zeros((per_pick * len(picks), stages + (originals is not None), height, width))
+    cells = np.zeros((per_pick * len(picks), stages + (originals is not None), height, width, *channels))
     rows = np.arange(height) * language.size // height
     cols = np.arange(width) * language.size // width
     labels = []
@@ -84,11 +85,13 @@ def progressive_figure(language, encoded, picks, path: str | Path, row_labels: l
         labels.append(row_labels[n])
         if show_positions:
             seq = slice(encoded.offsets[j], encoded.offsets[j + 1])
-            i1, i2 = encoded.i1[seq], encoded.i2[seq]
+            i1, i2, luma = encoded.i1[seq], encoded.i2[seq], encoded.component[seq] == 0
             for stage in range(len(images)):
                 where = np.zeros((language.size, language.size))
-                np.add.at(where, (i1[stage_of_token == stage], i2[stage_of_token == stage]), 1)
-                cells[r + 1, stage] = (where / max(1.0, where.max()))[np.ix_(rows, cols)]
+                here = (stage_of_token == stage) & luma
+                np.add.at(where, (i1[here], i2[here]), 1)
+                cells[r + 1, stage] = (where / max(1.0, where.max()))[np.ix_(rows, cols)].reshape(
+                    height, width, *[1] * len(channels))
             labels.append("token\npositions")
     image_grid(cells, path, labels, list(names) + (["original"] if originals is not None else []), title=title)
 

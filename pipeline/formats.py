@@ -1,9 +1,10 @@
 """The files that pass between stages, written and read (and checked) here.
 
-- DWT coefficients: `data/dwt/<split>_coeffs.npy` (N, M, M) float64 and `<split>_labels.npy`
-  (dwt -> tokenize).
-- Token shards (spec section 9): `data/tokens/<split>/part-NNNNN.parquet`, one row per image,
-  and the sidecar `data/tokens/meta.json` (tokenize -> train, evaluate).
+- DWT coefficients: `data/dwt/<split>_coeffs.npy` (N, M, M) float64 and `<split>_labels.npy`,
+  for colour also `<split>_chroma.npy` (N, 2, M', M') (dwt -> tokenize).
+- Token shards (spec section 9): `data/tokens/<split>/part-NNNNN.parquet`, one row per image
+  (colour: with a `component` column, C8), and the sidecar `data/tokens/meta.json` (tokenize ->
+  train, evaluate).
 - Samples: `data/samples/samples.parquet`, one row per generated image (sample -> evaluate).
 - A trained model in data/model: HuggingFace format (train -> sample, tune, complete); a diffusion
   model also has DIFFUSION_MARKER beside its config.
@@ -27,6 +28,11 @@ from .languages.bpe import MAX_VOCAB
 from .languages.encoded import Encoded
 
 SEQUENCE_COLUMNS = ("tokens", "bp", "i1", "i2")
+COLOUR_COLUMNS = (*SEQUENCE_COLUMNS, "component")  # colour shards (README, C8)
+
+
+def sequence_columns(colour: bool) -> tuple[str, ...]:
+    return COLOUR_COLUMNS if colour else SEQUENCE_COLUMNS
 
 
 def read_dwt_image(root: str | Path) -> dict:
@@ -53,18 +59,30 @@ def read_dwt(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return coeffs, load_labels(root / f"{split}_labels.npy", len(coeffs), n_classes, "dwt")
 
 
+def read_dwt_chroma(root: str | Path, split: str, images: int) -> np.ndarray:
+    """The chroma coefficients (N, 2, M', M') float64 of a colour split's N images (checked)."""
+    path = Path(root) / f"{split}_chroma.npy"
+    chroma = load_npy(path, "dwt", mmap_mode="r")
+    size = chroma.shape[-1] if chroma.ndim == 4 else 0
+    if chroma.ndim != 4 or chroma.dtype != np.float64 or chroma.shape[:3] != (images, 2, size) \
+            or size & (size - 1) or size < 4:
+        raise InputError(path, f"holds {chroma.dtype} of shape {chroma.shape}, not ({images}, 2, M', M') float64 "
+                         "with M' a power of two >= 4", "dwt")
+    return chroma
+
+
 def token_type(vocab_size: int) -> pa.DataType:
     """The contract's uint8 ids; a BPE vocabulary of more than 256 ids needs uint16."""
     return pa.uint8() if vocab_size <= 256 else pa.uint16()
 
 
-def shard_schema(vocab_size: int) -> pa.Schema:
+def shard_schema(vocab_size: int, colour: bool = False) -> pa.Schema:
     return pa.schema([
         ("index", pa.int32()),
         ("label", pa.int16()),
         ("initial_exponent", pa.int8()),
         ("tokens", pa.list_(token_type(vocab_size))),
-        *[(name, pa.list_(pa.uint8())) for name in SEQUENCE_COLUMNS[1:]],
+        *[(name, pa.list_(pa.uint8())) for name in sequence_columns(colour)[1:]],
     ])
 
 
@@ -96,16 +114,17 @@ def _list_column(values: np.ndarray, offsets: np.ndarray, value_type: pa.DataTyp
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=value_type))
 
 
-def write_shard(path: Path, encoded: Encoded, index: np.ndarray, labels: np.ndarray, vocab_size: int) -> None:
+def write_shard(path: Path, encoded: Encoded, index: np.ndarray, labels: np.ndarray, vocab_size: int,
+                colour: bool = False) -> None:
     """`encoded` holds exactly this shard's sequences."""
     offsets = encoded.offsets - encoded.offsets[0]
-    schema = shard_schema(vocab_size)
+    schema = shard_schema(vocab_size, colour)
     table = pa.Table.from_arrays([
         pa.array(index.astype(np.int32)),
         pa.array(labels.astype(np.int16)),
         pa.array(encoded.initial_exponents.astype(np.int8)),
         *[_list_column(getattr(encoded, name), offsets, schema.field(name).type.value_type)
-          for name in SEQUENCE_COLUMNS],
+          for name in sequence_columns(colour)],
     ], schema=schema)
     pq.write_table(table, path, compression="zstd")
 
@@ -148,9 +167,9 @@ def _check_shard(path: Path, table: pa.Table, language, n_classes: int, check_gr
     def bad(problem: str):
         return InputError(path, problem, "tokenize")
 
-    columns = {}
+    columns = {"component": None}
     offsets = None
-    for name in SEQUENCE_COLUMNS:
+    for name in sequence_columns(language.colour):
         columns[name], these = _flat(table, name)
         if offsets is not None and not np.array_equal(these, offsets):
             row = int(np.flatnonzero(np.diff(these) != np.diff(offsets))[0])
@@ -161,7 +180,10 @@ def _check_shard(path: Path, table: pa.Table, language, n_classes: int, check_gr
     e0 = table.column("initial_exponent").to_numpy().astype(np.int64)
     for name, values, limit in (("label", labels, n_classes), ("tokens", columns["tokens"], language.vocab_size),
                                 ("i1", columns["i1"], language.size), ("i2", columns["i2"], language.size),
-                                ("bp", columns["bp"], language.max_planes)):
+                                ("bp", columns["bp"], language.max_planes),
+                                ("component", columns["component"], 3)):
+        if values is None:
+            continue
         if values.size and (values.min() < 0 or values.max() >= limit):
             where = int(np.flatnonzero((values < 0) | (values >= limit))[0])
             row = where if name == "label" else int(np.searchsorted(offsets, where, side="right") - 1)
@@ -171,7 +193,8 @@ def _check_shard(path: Path, table: pa.Table, language, n_classes: int, check_gr
         row = int(np.flatnonzero((e0 < lo) | (e0 > hi))[0])
         raise bad(f"row {row}: initial_exponent {e0[row]} is outside {lo}..{hi}, what this language "
                   f"({language.describe()}) allows")
-    encoded = Encoded(columns["tokens"], columns["bp"], columns["i1"], columns["i2"], offsets, e0.astype(np.int8))
+    encoded = Encoded(columns["tokens"], columns["bp"], columns["i1"], columns["i2"], offsets, e0.astype(np.int8),
+                      columns["component"])
     if check_grammar:
         try:
             language.check(encoded)
@@ -185,7 +208,8 @@ def read_split(root: str | Path, split: str, meta: dict | None = None, check_gra
     `check_grammar`, also against its grammar."""
     meta = meta or read_meta(root)
     language = from_description(meta["language"])
-    parts = [_check_shard(path, _read_table(path, shard_schema(meta["vocab_size"]), "tokenize"), language,
+    schema = shard_schema(meta["vocab_size"], language.colour)
+    parts = [_check_shard(path, _read_table(path, schema, "tokenize"), language,
                           meta["n_classes"], check_grammar)
              for path in shard_paths(root, split)]
     encoded = concatenate([part.encoded for part in parts])
@@ -202,7 +226,16 @@ def concatenate(parts: list[Encoded]) -> Encoded:
     lengths = np.concatenate([part.lengths for part in parts])
     return Encoded(*(np.concatenate([getattr(part, name) for part in parts]) for name in SEQUENCE_COLUMNS),
                    np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                   np.concatenate([part.initial_exponents for part in parts]))
+                   np.concatenate([part.initial_exponents for part in parts]),
+                   np.concatenate([part.component for part in parts]))
+
+
+def require_grey(language, root: str | Path) -> None:
+    """The models carry grey images only so far: a colour language's tokens stop them with one line."""
+    if language.colour:
+        raise InputError(Path(root, "meta.json"), f"describes colour sequences ({language.name}); the models "
+                         "(train, sample and the stages after them) carry grey images only so far (issue #20)",
+                         fix="tokenize a grey data set")
 
 
 def read_meta(root: str | Path) -> dict:

@@ -45,7 +45,8 @@ CLASSIFIER = "wavelet-classifier"
 
 
 class Images(Dataset):
-    """uint8 (N, H, W) grey images as (3, H, W) uint8 tensors, the way torch-fidelity takes them."""
+    """uint8 (N, H, W) grey or (N, H, W, 3) RGB images as (3, H, W) uint8 tensors, the way
+    torch-fidelity takes them."""
 
     def __init__(self, images: np.ndarray):
         self.images = torch.as_tensor(np.ascontiguousarray(images))
@@ -54,11 +55,13 @@ class Images(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i][None].expand(3, -1, -1)
+        image = self.images[i]
+        return image.permute(2, 0, 1) if image.ndim == 3 else image[None].expand(3, -1, -1)
 
 
 class ClassifierExtractor(FeatureExtractorBase):
-    """The domain classifier as a torch-fidelity feature extractor (native 28 x 28, no resizing)."""
+    """The domain classifier as a torch-fidelity feature extractor (native size, no resizing; a grey
+    classifier reads the first of the three equal channels)."""
 
     def __init__(self, name, features_list, classifier_dir=None, **kwargs):
         super().__init__(name, features_list)
@@ -77,7 +80,7 @@ class ClassifierExtractor(FeatureExtractorBase):
         return False
 
     def forward(self, x):
-        penultimate, logits = self.classifier(x[:, :1].float() / 255.0)
+        penultimate, logits = self.classifier(x[:, :self.classifier.channels].float() / 255.0)
         found = {"penultimate": penultimate, "logits_unbiased": logits}
         return tuple(found[name] for name in self.features_list)
 

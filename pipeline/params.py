@@ -37,8 +37,8 @@ from pydantic_core import PydanticCustomError, ValidationError
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar10_jpeg", "folder")  # conf/dataset/<name>.yaml
 # The images of the published data sets, (image.size, image.channels); folder converts to what image asks.
 NATIVE_IMAGES = {"mnist": (28, 1), "fashion_mnist": (28, 1), "cifar10": (32, 3), "cifar10_jpeg": (32, 3)}
-# What the stages after download carry today: grey images of any size (one channel is built into the
-# languages, the classifier and the sample format).
+# What the stages after tokenize carry today: grey images of any size (one channel is built into the
+# models, the classifier and the sample format); download, dwt and tokenize carry colour too.
 CARRIED_CHANNELS = 1
 CHROMA = ("full", "half")
 TOKENIZER_METHODS = ("zeroblock", "zerotree", "pixels")
@@ -173,6 +173,8 @@ class TokenizerParams:
     method: Literal[TOKENIZER_METHODS]
     # One f, or one per decomposition level coarse to fine (pipeline.languages.grammar)
     final_exponent: FinalExponents
+    # Colour images: the chroma's, as final_exponent (per level: of the chroma's matrices), >= its lowest
+    chroma_final_exponent: FinalExponents
     initial_threshold: Literal[INITIAL_THRESHOLDS]
     pixel_levels: Annotated[int, Field(ge=2, le=256)]
     shard_size: Count
@@ -404,8 +406,8 @@ def _check_image(dataset: str | None, image: ImageParams, channels: tuple[int, .
         _refuse_image(image, NATIVE_IMAGES[dataset], f"dataset {dataset} has {_looks(*NATIVE_IMAGES[dataset])} "
                       "images (only dataset folder converts)")
     if image.channels not in channels:
-        raise ParamError("image.channels", image.channels, f"{CARRIED_CHANNELS}: the stages after dwt carry "
-                         "grey images only (colour: issue #20)")
+        raise ParamError("image.channels", image.channels, f"{CARRIED_CHANNELS}: the stages after tokenize carry "
+                         "grey images only so far (colour: issue #20)")
 
 
 def _check_final_exponent(tokenizer, image: ImageParams) -> None:
@@ -419,8 +421,8 @@ def load(path: str | Path = "params.yaml", keys: tuple[str, ...] = (),
          channels: tuple[int, ...] = (CARRIED_CHANNELS,)) -> Params:
     """Read params.yaml and validate the named top-level keys and groups (nothing else is read).
 
-    `channels`: the image channels the stage carries (download and dwt: grey and colour; the
-    stages after them: `CARRIED_CHANNELS`, grey, until the colour language)."""
+    `channels`: the image channels the stage carries (download, dwt and tokenize: grey and
+    colour; the stages after them: `CARRIED_CHANNELS`, grey, so far)."""
     raw = read_yaml(path)
     for key in raw:
         if key not in ALL_KEYS:  # a typo (here or in a conf/ profile) must not pass unnoticed

@@ -90,6 +90,18 @@ def double(values: np.ndarray, height: int, width: int) -> np.ndarray:
     return values.repeat(2, axis=-2).repeat(2, axis=-1)[..., :height, :width]
 
 
+def colour_pixels(luma: np.ndarray, chroma: np.ndarray, wavelet: str, height: int, width: int,
+                  halved: bool) -> np.ndarray:
+    """Luma (N, M, M) and chroma (N, 2, M', M') coefficient matrices -> (N, H, W, 3) RGB values
+    (in [0, 1] for exact coefficients): inverse DWTs, the chroma doubled back if it was halved, the
+    inverse component transform."""
+    y = crop(inverse(luma, wavelet), height, width)
+    c = crop(inverse(chroma, wavelet), -(-height // 2) if halved else height, -(-width // 2) if halved else width)
+    if halved:
+        c = double(c, height, width)
+    return to_rgb(np.concatenate([y[:, None], c], axis=1))
+
+
 def crop(padded: np.ndarray, height: int, width: int) -> np.ndarray:
     g = Geometry(height, width)
     return padded[..., g.top:g.top + height, g.left:g.left + width]

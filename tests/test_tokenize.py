@@ -52,7 +52,9 @@ def test_stage_writes_the_data_contract(small_dwt, tmp_path, method, final_expon
         assert schema.field(name).type == pa.list_(pa.uint8())
 
     coeffs, labels = formats.read_dwt(small_dwt, "train")
-    expected = coder.encode(np.asarray(coeffs), tokenize_stage.language_for(p, np.asarray(coeffs), 28, 28).grammar)
+    language = tokenize_stage.language_for(p, np.asarray(coeffs), formats.read_dwt_image(small_dwt))
+    expected = coder.encode(np.asarray(coeffs), language.grammar)
+    assert schema.names == ["index", "label", "initial_exponent", "tokens", "bp", "i1", "i2"]  # grey: no component
     split = formats.read_split(out, "train", check_grammar=True)
     assert np.array_equal(split.encoded.offsets, expected.offsets)
     for name in ("tokens", "bp", "i1", "i2"):

@@ -40,6 +40,7 @@ class Scan(Protocol):
     bp: np.ndarray
     i1: np.ndarray
     i2: np.ndarray
+    component: np.ndarray
     done: np.ndarray
 
     def valid(self) -> np.ndarray: ...  # (rows, vocab_size) bool
@@ -55,6 +56,7 @@ class TokenLanguage(Protocol):
     family: str
     bit_planes: bool  # sequences run coarse to fine, plane by plane (completion keeps the first k)
     has_context: bool  # its scan state gives context features: it has `context` and `scan_context`
+    colour: bool  # RGB images: tokens carry a component (0 Y, 1 Cb, 2 Cr), images decode to (N, H, W, 3)
     wavelet: str
     vocab_size: int
     token_names: list[str]

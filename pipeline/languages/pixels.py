@@ -18,6 +18,7 @@ class PixelScan:
         self.language = language
         self.position = np.zeros(batch, np.int64)
         self.bp = np.zeros(batch, np.int64)
+        self.component = np.zeros(batch, np.int64)
         self._observe()
 
     def _observe(self) -> None:
@@ -56,6 +57,7 @@ class PixelScan:
     def keep(self, rows) -> None:
         self.position = self.position[np.asarray(rows, dtype=np.int64)]
         self.bp = np.zeros(len(self.position), np.int64)
+        self.component = np.zeros(len(self.position), np.int64)
         self._observe()
 
 
@@ -72,6 +74,7 @@ class PixelLanguage:
     family = "pixels"
     bit_planes = False
     has_context = False  # no scan state to read context features from
+    colour = False  # grey intensities (the colour pixel baseline is the rest of issue #20)
 
     def __post_init__(self):
         if not 2 <= self.levels <= 256:

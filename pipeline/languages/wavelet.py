@@ -125,12 +125,7 @@ class WaveletLanguage:
         values: the inverse DWT, and for colour the chroma doubled back and the inverse ICT."""
         if not self.colour:
             return wavelets.crop(wavelets.inverse(approx, self.wavelet), self.image_height, self.image_width)
-        luma, chroma = approx
-        y = wavelets.crop(wavelets.inverse(luma, self.wavelet), self.image_height, self.image_width)
-        c = wavelets.crop(wavelets.inverse(chroma, self.wavelet), self.chroma_height, self.chroma_width)
-        if self.chroma == "half":
-            c = wavelets.double(c, self.image_height, self.image_width)
-        return wavelets.to_rgb(np.concatenate([y[:, None], c], axis=1))
+        return wavelets.colour_pixels(*approx, self.wavelet, self.image_height, self.image_width, self.chroma == "half")
 
     def progressive(self, encoded: Encoded, j: int) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Sequence j decoded after each bit-plane, coarse to fine: images (planes, H, W) in

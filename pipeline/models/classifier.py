@@ -13,13 +13,15 @@ from ..io import InputError
 
 
 class DigitClassifier(nn.Module):
-    """Two conv blocks and a 128-d penultimate layer, for grey images of any size in [0, 1]: the
-    blocks' output is pooled to 7 x 7 (what 28 x 28 images give, unchanged by the pooling)."""
+    """Two conv blocks and a 128-d penultimate layer, for grey (channels 1) or RGB (3) images of
+    any size in [0, 1]: the blocks' output is pooled to 7 x 7 (what 28 x 28 images give,
+    unchanged by the pooling)."""
 
-    def __init__(self, n_classes: int = 10, width: int = 32):
+    def __init__(self, n_classes: int = 10, width: int = 32, channels: int = 1):
         super().__init__()
+        self.channels = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -29,14 +31,15 @@ class DigitClassifier(nn.Module):
         self.out = nn.Linear(128, n_classes)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1, H, W) in [0, 1] -> penultimate features (B, 128) and logits (B, n_classes)."""
+        """(B, channels, H, W) in [0, 1] -> penultimate features (B, 128) and logits (B, n_classes)."""
         penultimate = self.features(images)
         return penultimate, self.out(self.dropout(penultimate))
 
 
 def to_input(images: np.ndarray | torch.Tensor, device) -> torch.Tensor:
-    """uint8 (B, H, W) -> float (B, 1, H, W) in [0, 1]."""
-    return torch.as_tensor(np.asarray(images), device=device).float().div(255.0)[:, None]
+    """uint8 (B, H, W) -> float (B, 1, H, W) in [0, 1]; (B, H, W, 3) -> (B, 3, H, W)."""
+    x = torch.as_tensor(np.asarray(images), device=device).float().div(255.0)
+    return x.permute(0, 3, 1, 2) if x.ndim == 4 else x[:, None]
 
 
 @torch.no_grad()
@@ -53,7 +56,7 @@ def load(path: str | Path, device="cpu") -> DigitClassifier:
         raise InputError(path, "does not exist", "train_classifier")
     try:
         state = torch.load(path, map_location=device, weights_only=False)
-        model = DigitClassifier(state["n_classes"], state["width"])
+        model = DigitClassifier(state["n_classes"], state["width"], state.get("channels", 1))  # grey before colour
         model.load_state_dict(state["weights"])
     except Exception as error:  # torch raises many kinds for a damaged file
         raise InputError(path, f"is not a readable classifier ({type(error).__name__}: {error})",

@@ -21,6 +21,7 @@ from ..params import Params
 from ..progress import log, track
 
 PARAMS = ("profile", "threads", "dataset", "image", "train_classifier")
+CHANNELS = (1, 3)
 INPUTS = {"raw": "data/raw/{dataset}"}
 OUTPUTS = {"classifier": "data/classifier", "metrics": "reports/classifier.json"}
 
@@ -41,7 +42,8 @@ def run(p: Params, device_name: str = "auto", **paths: str | Path) -> dict:
     train_images, train_labels = train_images[:settings.limit], train_labels[:settings.limit]
     test_images, test_labels = load_split(paths.raw, "test")
     n_classes = len(read_classes(paths.raw))
-    model = DigitClassifier(n_classes, settings.width).to(device)
+    channels = 3 if train_images.ndim == 4 else 1
+    model = DigitClassifier(n_classes, settings.width, channels).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     steps_per_epoch = max(1, len(train_images) // settings.batch_size)  # a set smaller than a batch: one batch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.lr, total_steps=settings.epochs * steps_per_epoch)
@@ -61,7 +63,8 @@ def run(p: Params, device_name: str = "auto", **paths: str | Path) -> dict:
     accuracy = float((predict(model, test_images, device) == test_labels).mean())
     log(f"classifier test accuracy {accuracy:.4f} ({time.perf_counter() - start:.0f}s)")
     with atomic_dir(paths.classifier) as tmp:
-        torch.save({"weights": model.state_dict(), "n_classes": n_classes, "width": settings.width}, tmp / "classifier.pt")
+        torch.save({"weights": model.state_dict(), "n_classes": n_classes, "width": settings.width,
+                    "channels": channels}, tmp / "classifier.pt")
     metrics = {"dataset": p.dataset, "test_accuracy": accuracy, "epochs": settings.epochs,
                "train_images": len(train_images)}
     write_json(paths.metrics, metrics)

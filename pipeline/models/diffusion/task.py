@@ -34,6 +34,7 @@ class DiffusionTask:
         self.p, self.device, self.dist = p, device, dist
         self.meta = formats.read_meta(tokens_root)
         language = from_description(self.meta["language"])
+        formats.require_grey(language, tokens_root)
         self.splits = {}
         for split in ("train", "test"):
             tokens = formats.read_split(tokens_root, split, self.meta)

@@ -75,6 +75,7 @@ def load_data(tokens_root: Path, pad_to: int = 1, context: bool = False) -> tupl
     """meta.json and both splits, checked against the data contract and the language's grammar."""
     meta = formats.read_meta(tokens_root)
     language = from_description(meta["language"])
+    formats.require_grey(language, tokens_root)
     splits = [TokenData(formats.read_split(tokens_root, split, meta, check_grammar=True), language, pad_to, context)
               for split in ("train", "test")]
     return meta, *splits
