@@ -36,8 +36,7 @@ def run_stage(name: str, params_path: Path, device: str) -> None:
     """Validate the stage's params, run it, and turn foreseeable failures into one line."""
     try:
         module = importlib.import_module(f"{__package__}.stages.{name}")
-        # A stage that carries colour says so (CHANNELS); the others carry grey images only.
-        p = params_mod.load(params_path, module.PARAMS, getattr(module, "CHANNELS", (params_mod.CARRIED_CHANNELS,)))
+        p = params_mod.load(params_path, module.PARAMS)
         if "threads" in module.PARAMS:  # before any torch work: the figures depend on the count
             # Reached by name, as the stages are: each stage that declares threads imports
             # devices itself (a test checks), and the stages without torch must not depend on it.

@@ -230,14 +230,6 @@ def concatenate(parts: list[Encoded]) -> Encoded:
                    np.concatenate([part.component for part in parts]))
 
 
-def require_grey(language, root: str | Path) -> None:
-    """The models carry grey images only so far: a colour language's tokens stop them with one line."""
-    if language.colour:
-        raise InputError(Path(root, "meta.json"), f"describes colour sequences ({language.name}); the models "
-                         "(train, sample and the stages after them) carry grey images only so far (issue #20)",
-                         fix="tokenize a grey data set")
-
-
 def read_meta(root: str | Path) -> dict:
     path = Path(root, "meta.json")
     meta = read_json(path, "tokenize")
@@ -268,21 +260,23 @@ class Samples:
     initial_exponents: np.ndarray  # int8
     tokens: np.ndarray  # flat ids (uint8; uint16 for a BPE vocabulary of more than 256)
     offsets: np.ndarray  # int64, N + 1
-    images: np.ndarray  # (N, H, W) uint8
+    images: np.ndarray  # (N, H, W) uint8, or (N, H, W, 3) RGB
 
 
-def read_samples(path: str | Path, height: int, width: int) -> Samples:
-    """A samples.parquet, checked: every image has height x width pixels."""
+def read_samples(path: str | Path, height: int, width: int, channels: int) -> Samples:
+    """A samples.parquet, checked: every image has height x width pixels of `channels` (1 grey,
+    3 RGB) values."""
     path = Path(path)
     table = _read_table(path, samples_schema(256), "sample", alternative=samples_schema(MAX_VOCAB))
     pixels, image_offsets = _flat(table, "image")
     sizes = np.diff(image_offsets)
-    if (sizes != height * width).any():
-        row = int(np.flatnonzero(sizes != height * width)[0])
-        raise InputError(path, f"row {row}: image has {sizes[row]} pixels, expected {height} x {width}", "sample")
+    if (sizes != height * width * channels).any():
+        row = int(np.flatnonzero(sizes != height * width * channels)[0])
+        raise InputError(path, f"row {row}: image has {sizes[row]} values, expected {height} x {width}"
+                         + (f" x {channels}" if channels > 1 else ""), "sample")
     tokens, offsets = _flat(table, "tokens")
     labels = table.column("label").to_numpy().astype(np.int16)
     if labels.size and labels.min() < 0:
         raise InputError(path, f"holds a negative label ({labels.min()})", "sample")
     return Samples(labels, table.column("initial_exponent").to_numpy().astype(np.int8), tokens, offsets,
-                   pixels.reshape(len(labels), height, width))
+                   pixels.reshape(len(labels), height, width, *[channels] * (channels > 1)))

@@ -124,12 +124,13 @@ def guide(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) 
 
 
 def guided_step(decoder: Decoder, prev, bp, i1, i2, e0, labels, null_class: int, scale: float,
-                context=None) -> torch.Tensor:
+                context=None, component=None) -> torch.Tensor:
     """Next-token logits (B, V) under guidance: the decoder's rows are the B sequences twice,
     first with their classes (conditional), then with the null class (unconditional)."""
     twice = [torch.cat([a, a]) for a in (prev, bp, i1, i2, e0)]
-    context = None if context is None else torch.cat([context, context])
-    logits = decoder.step(*twice, torch.cat([labels, torch.full_like(labels, null_class)]), context).float()
+    context, component = (None if a is None else torch.cat([a, a]) for a in (context, component))
+    logits = decoder.step(*twice, torch.cat([labels, torch.full_like(labels, null_class)]), context,
+                          component).float()
     conditional, unconditional = logits.chunk(2)
     return guide(conditional, unconditional, scale)
 
@@ -152,13 +153,14 @@ class ContinuousBatch:
         self.guided = decoding.cfg_scale != 1.0 and self.config.condition == "class"
         self.language = model.language
         self.context = model.uses_context  # the model reads scan-state features of each next token
+        self.component = model.uses_component  # ... and each next token's component (colour)
         width = min(slots, len(labels))
         self.slot_seq = np.full(width, -1)  # the sequence in each slot (-1: none)
         self.scan = self.language.scan(np.full(width, e0[0]))
         self.decoder = Decoder(model, 2 * width if self.guided else width, cache_capacity(model))
         self.prev = np.full(width, self.config.start_token)
         self.made = np.zeros(len(labels), dtype=np.int64)  # tokens of each sequence so far, prefix included
-        self.records: list[tuple[np.ndarray, ...]] = []  # (sequence, position, token, bp, i1, i2) per step
+        self.records: list[tuple[np.ndarray, ...]] = []  # (sequence, position, token, bp, i1, i2, component) per step
         self.pending = 0  # the next sequence no slot has taken yet
 
     def _decoder_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -189,7 +191,7 @@ class ContinuousBatch:
         rows, seqs, lengths = rows[lengths > 0], seqs[lengths > 0], lengths[lengths > 0]
         if not len(rows):
             return
-        inputs = np.zeros((4, len(rows), int(lengths.max())), np.int64)
+        inputs = np.zeros((5, len(rows), int(lengths.max())), np.int64)
         if self.context:  # the features in front of every prefix token, padded like the inputs
             context = np.zeros((len(rows), int(lengths.max()), len(self.config.context_sizes)), np.int64)
             prefixes = self.prefixes.select(seqs)
@@ -197,7 +199,8 @@ class ContinuousBatch:
         for r, (slot, j) in enumerate(zip(rows, seqs)):
             part = slice(self.prefixes.offsets[j], self.prefixes.offsets[j + 1])
             tokens = self.prefixes.tokens[part].astype(np.int64)
-            positions = (self.prefixes.bp[part], self.prefixes.i1[part], self.prefixes.i2[part])
+            positions = (self.prefixes.bp[part], self.prefixes.i1[part], self.prefixes.i2[part],
+                         self.prefixes.component[part])
             self.scan.advance(slot, tokens)
             self.records.append((np.full(len(tokens), j), np.arange(len(tokens)), tokens, *positions))
             inputs[0, r, 0], inputs[0, r, 1:len(tokens)] = self.config.start_token, tokens[:-1]
@@ -206,15 +209,16 @@ class ContinuousBatch:
                 context[r, :len(tokens)] = features[prefixes.offsets[r]:prefixes.offsets[r + 1]]
             self.prev[slot] = tokens[-1]
         self.made[seqs] = lengths
-        prev, bp, i1, i2 = (torch.as_tensor(a, device=self.device) for a in inputs)
+        prev, bp, i1, i2, component = (torch.as_tensor(a, device=self.device) for a in inputs)
+        component = component if self.component else None
         context = torch.as_tensor(context, device=self.device) if self.context else None
         e0, label = self.to_device(self.e0[seqs], self.labels[seqs])
         if self.guided:
             prev, bp, i1, i2, e0 = (torch.cat([a, a]) for a in (prev, bp, i1, i2, e0))
-            context = None if context is None else torch.cat([context, context])
+            context, component = (None if a is None else torch.cat([a, a]) for a in (context, component))
             label = torch.cat([label, torch.full_like(label, self.config.null_class)])
         self.decoder.prefill(torch.as_tensor(self._decoder_rows(rows), device=self.device), prev, bp, i1, i2, e0,
-                             label, np.tile(lengths, 2 if self.guided else 1), context)
+                             label, np.tile(lengths, 2 if self.guided else 1), context, component)
 
     def retire(self) -> None:
         """Once nothing is pending, drop the finished rows (when they are an eighth or more)."""
@@ -226,29 +230,33 @@ class ContinuousBatch:
         self.decoder.keep(self._decoder_rows(keep))
         self.slot_seq, self.prev = self.slot_seq[keep], self.prev[keep]
 
-    def _logits(self, live: np.ndarray, seq: np.ndarray, bp, i1, i2) -> torch.Tensor:
+    def _logits(self, live: np.ndarray, seq: np.ndarray, bp, i1, i2, component) -> torch.Tensor:
         e0 = np.where(live, self.e0[seq], self.config.e0_min)
         inputs = self.to_device(self.prev, bp, i1, i2, e0, self.labels[seq])
         # A finished row's scan gives zeros: valid ids for an empty slot's ignored step.
         context = torch.as_tensor(self.language.scan_context(self.scan), device=self.device) if self.context else None
+        component = torch.as_tensor(component, device=self.device) if self.component else None
         if self.guided:
-            return guided_step(self.decoder, *inputs, self.config.null_class, self.decoding.cfg_scale, context)
-        return self.decoder.step(*inputs, context).float()
+            return guided_step(self.decoder, *inputs, self.config.null_class, self.decoding.cfg_scale, context,
+                               component)
+        return self.decoder.step(*inputs, context, component).float()
 
     def step(self) -> np.ndarray:
         """One token for every live row; returns the rows whose sequence has ended."""
         live = self.slot_seq >= 0
         seq = np.where(live, self.slot_seq, 0)
-        bp, i1, i2 = (np.where(live, a, 0) for a in (self.scan.bp, self.scan.i1, self.scan.i2))
+        bp, i1, i2, component = (np.where(live, a, 0) for a in (self.scan.bp, self.scan.i1, self.scan.i2,
+                                                                 self.scan.component))
         self.stats.cache_read += len(live) * (int(self.decoder.host_lengths[:len(live)].max()) + 1)
-        logits = self._logits(live, seq, bp, i1, i2)
+        logits = self._logits(live, seq, bp, i1, i2, component)
         valid = torch.as_tensor(self.scan.valid(), device=self.device)
         valid[torch.as_tensor(~live, device=self.device)] = True  # anything for an empty slot
         draws = torch.as_tensor(uniforms(self.seed, self.ids[seq], self.made[seq]), device=self.device)
         token = choose(logits, valid, self.decoding, draws).cpu().numpy()
         rows = np.flatnonzero(live)
         sequences = self.slot_seq[rows]
-        self.records.append((sequences, self.made[sequences], token[rows], bp[rows], i1[rows], i2[rows]))
+        self.records.append((sequences, self.made[sequences], token[rows], bp[rows], i1[rows], i2[rows],
+                             component[rows]))
         self.stats.rows_computed += len(live)
         self.stats.tokens_kept += len(rows)
         self.stats.cache_needed += int((self.made[sequences] + 1).sum())
@@ -291,13 +299,14 @@ def generate(model: WaveletGPT, labels: np.ndarray, e0: np.ndarray, d: Decoding,
 
 
 def _collect(records, lengths: np.ndarray, e0: np.ndarray) -> Encoded:
-    """Per-step records (sequence, position, token, bp, i1, i2) -> flat sequences in sequence order."""
-    columns = [np.concatenate([r[c] for r in records]) if records else np.zeros(0, np.int64) for c in range(6)]
+    """Per-step records (sequence, position, token, bp, i1, i2, component) -> flat sequences in
+    sequence order."""
+    columns = [np.concatenate([r[c] for r in records]) if records else np.zeros(0, np.int64) for c in range(7)]
     order = np.lexsort((columns[1], columns[0]))
     tokens = columns[2][order].astype(np.uint16)  # BPE ids may pass 255
-    bp, i1, i2 = (columns[c][order].astype(np.uint8) for c in range(3, 6))
+    bp, i1, i2, component = (columns[c][order].astype(np.uint8) for c in range(3, 7))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return Encoded(tokens, bp, i1, i2, offsets, np.asarray(e0).astype(np.int8))
+    return Encoded(tokens, bp, i1, i2, offsets, np.asarray(e0).astype(np.int8), component)
 
 
 def _in_row_order(parts: list[tuple[np.ndarray, Encoded]]) -> Encoded:

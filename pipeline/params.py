@@ -37,9 +37,6 @@ from pydantic_core import PydanticCustomError, ValidationError
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar10_jpeg", "folder")  # conf/dataset/<name>.yaml
 # The images of the published data sets, (image.size, image.channels); folder converts to what image asks.
 NATIVE_IMAGES = {"mnist": (28, 1), "fashion_mnist": (28, 1), "cifar10": (32, 3), "cifar10_jpeg": (32, 3)}
-# What the stages after tokenize carry today: grey images of any size (one channel is built into the
-# models, the classifier and the sample format); download, dwt and tokenize carry colour too.
-CARRIED_CHANNELS = 1
 CHROMA = ("full", "half")
 TOKENIZER_METHODS = ("zeroblock", "zerotree", "pixels")
 INITIAL_THRESHOLDS = ("per_image", "uniform")
@@ -399,15 +396,11 @@ def _refuse_image(image: ImageParams, expected: tuple[int, int], why: str) -> No
             raise ParamError(f"image.{key}", value, f"{allowed}: {why}")
 
 
-def _check_image(dataset: str | None, image: ImageParams, channels: tuple[int, ...]) -> None:
-    """A published data set's images are what they are, and their channels must be among those
-    the stage carries."""
+def _check_image(dataset: str | None, image: ImageParams) -> None:
+    """A published data set's images are what they are."""
     if dataset in NATIVE_IMAGES:
         _refuse_image(image, NATIVE_IMAGES[dataset], f"dataset {dataset} has {_looks(*NATIVE_IMAGES[dataset])} "
                       "images (only dataset folder converts)")
-    if image.channels not in channels:
-        raise ParamError("image.channels", image.channels, f"{CARRIED_CHANNELS}: the stages after tokenize carry "
-                         "grey images only so far (colour: issue #20)")
 
 
 def _check_final_exponent(tokenizer, image: ImageParams) -> None:
@@ -417,12 +410,8 @@ def _check_final_exponent(tokenizer, image: ImageParams) -> None:
                          f"{image.size} x {image.size} images have {levels} decomposition levels")
 
 
-def load(path: str | Path = "params.yaml", keys: tuple[str, ...] = (),
-         channels: tuple[int, ...] = (CARRIED_CHANNELS,)) -> Params:
-    """Read params.yaml and validate the named top-level keys and groups (nothing else is read).
-
-    `channels`: the image channels the stage carries (download, dwt and tokenize: grey and
-    colour; the stages after them: `CARRIED_CHANNELS`, grey, so far)."""
+def load(path: str | Path = "params.yaml", keys: tuple[str, ...] = ()) -> Params:
+    """Read params.yaml and validate the named top-level keys and groups (nothing else is read)."""
     raw = read_yaml(path)
     for key in raw:
         if key not in ALL_KEYS:  # a typo (here or in a conf/ profile) must not pass unnoticed
@@ -431,7 +420,7 @@ def load(path: str | Path = "params.yaml", keys: tuple[str, ...] = (),
     if "folder" in values:
         _check_folder(values.get("dataset"), values["folder"])
     if "image" in values:
-        _check_image(values.get("dataset"), values["image"], channels)
+        _check_image(values.get("dataset"), values["image"])
     if "tokenizer" in values:
         _check_final_exponent(values["tokenizer"], values.get("image") or validate("image", raw.get("image")))
     return Params(values)

@@ -285,7 +285,7 @@ def test_every_cifar10_jpeg_test_image_round_trips(cifar_test, method):
 
 
 def test_colour_description_round_trips_and_grey_stays_as_it_was():
-    from pipeline.languages import from_description
+    from pipeline.languages.base import from_description
 
     colour = WaveletLanguage("haar", "zerotree", (-3, -3, -2, -2), image_height=32, image_width=32, size=32,
                              chroma="half", chroma_final_exponent=-1)

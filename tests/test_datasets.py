@@ -125,10 +125,12 @@ def test_cifar10_jpeg_real_test_split_and_a_small_train_split(tmp_path, mirror, 
     test, labels = np.load(out / "test_images.npy"), np.load(out / "test_labels.npy")
     assert test.shape == (10000, 32, 32, 3) and test.dtype == np.uint8 and labels.dtype == np.int16
     assert np.bincount(labels).tolist() == [1000] * 10
+    assert len(np.unique(labels[:100])) == 10  # shuffled: the first images of a split hold every class
     assert json.loads((out / "classes.json").read_text()) == CIFAR_CLASSES
     train = np.load(out / "train_images.npy").astype(int)
-    assert np.load(out / "train_labels.npy").tolist() == list(range(10))
-    expected = np.array([(25 * label, 0, 255 - 25 * label) for label in range(10)])
+    train_labels = np.load(out / "train_labels.npy")
+    assert sorted(train_labels.tolist()) == list(range(10))
+    expected = np.array([(25 * label, 0, 255 - 25 * label) for label in train_labels])
     assert np.abs(train.mean(axis=(1, 2)) - expected).max() < 4  # JPEG-compressed flat colours
 
 
@@ -208,8 +210,8 @@ def _flat(root: Path, names: list[str]) -> None:
 def test_train_and_test_folders_are_the_split_and_a_flat_folder_is_one_class(tmp_path):
     _flat(tmp_path / "split", ["train/a/1.png", "train/a/2.png", "train/b/1.png", "test/a/9.png", "test/b/9.png"])
     out = download.run("folder", IMAGE, _folder(tmp_path / "split"), raw=tmp_path / "raw1")
-    assert np.load(out / "train_labels.npy").tolist() == [0, 0, 1]
-    assert np.load(out / "test_labels.npy").tolist() == [0, 1]
+    assert sorted(np.load(out / "train_labels.npy").tolist()) == [0, 0, 1]
+    assert sorted(np.load(out / "test_labels.npy").tolist()) == [0, 1]
     _flat(tmp_path / "flat", [f"{i}.png" for i in range(5)])
     out = download.run("folder", IMAGE, _folder(tmp_path / "flat", test_share=0.4), raw=tmp_path / "raw2")
     assert json.loads((out / "classes.json").read_text()) == ["all"]
@@ -263,9 +265,7 @@ def test_a_corrupt_image_stops_the_cli_with_one_line_and_nothing_written(tmp_pat
     result = CliRunner().invoke(app, ["tokenize"])  # ... tokenized in the colour language ...
     assert result.exit_code == 0, result.output
     assert "component" in pq.read_schema(next(Path("data/tokens/train").glob("*.parquet"))).names
-    result = CliRunner().invoke(app, ["train_classifier"])  # ... classified in RGB ...
+    result = CliRunner().invoke(app, ["train_classifier"])  # ... and classified in RGB
     assert result.exit_code == 0, result.output
     assert json.loads(Path("reports/classifier.json").read_text())["train_images"] == 2  # the folder's four images, split two and two
-    result = CliRunner().invoke(app, ["train"])  # ... and refused by the models, for now
-    assert result.exit_code == 1 and "carry grey images only so far (issue #20)" in result.output, result.output
-    assert not Path("data/model").exists()
+

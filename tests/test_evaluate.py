@@ -128,7 +128,7 @@ def test_tokenizer_floor_lies_between_real_data_and_nothing(offline_metrics):
 def test_scrambled_images_score_badly(workspace, offline_metrics, monkeypatch):
     monkeypatch.setattr(metrics_mod, "fid_helper_weights", lambda: None)  # classifier figures suffice here
     metrics, _ = offline_metrics
-    samples = read_samples(workspace / "samples" / "samples.parquet", 28, 28)
+    samples = read_samples(workspace / "samples" / "samples.parquet", 28, 28, 1)
     labels, images = samples.labels, samples.images
     rng = np.random.default_rng(0)
     noisy = rng.permutation(images.reshape(len(images), -1), axis=1).reshape(images.shape)

@@ -205,8 +205,8 @@ def test_damaged_classifier_and_samples_are_named(tmp_path):
     n = 3
     empty = Encoded(*(np.zeros(n, np.uint8) for _ in range(4)), np.arange(n + 1), np.zeros(n, np.int8))
     formats.write_samples(tmp_path / "samples.parquet", np.zeros(n), empty, np.zeros((n, 20, 20), np.uint8), 8)
-    with pytest.raises(InputError, match=r"row 0: image has 400 pixels, expected 28 x 28.*dvc repro sample"):
-        formats.read_samples(tmp_path / "samples.parquet", 28, 28)
+    with pytest.raises(InputError, match=r"row 0: image has 400 values, expected 28 x 28.*dvc repro sample"):
+        formats.read_samples(tmp_path / "samples.parquet", 28, 28, 1)
     (tmp_path / "samples.parquet").write_text(json.dumps({"not": "parquet"}))
     with pytest.raises(InputError, match="not a readable Parquet file"):
-        formats.read_samples(tmp_path / "samples.parquet", 28, 28)
+        formats.read_samples(tmp_path / "samples.parquet", 28, 28, 1)

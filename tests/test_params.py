@@ -92,21 +92,12 @@ def _cli(tmp_path: Path, command: str, override: dict):
     return result.exit_code, lines[0] if lines else result.output
 
 
-@pytest.mark.parametrize("stage", ["tune", "complete", "evaluate"])
-def test_the_stages_after_tokenize_refuse_colour(tmp_path, monkeypatch, stage):
-    monkeypatch.chdir(tmp_path)
-    code, line = _cli(tmp_path, stage, {"dataset": "cifar10_jpeg", "image": {"size": 32, "channels": 3}})
-    assert code == 2 and "image.channels=3 is not allowed; expected 1: the stages after tokenize carry " \
-                          "grey images only so far (colour: issue #20)" in line, line
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
-
-
 def test_download_takes_colour_and_other_sizes_and_a_folder_needs_its_path(tmp_path, monkeypatch):
     from pipeline.stages import download
 
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({**DEFAULTS, "dataset": "cifar10_jpeg", "image": {"size": 32, "channels": 3}}))
-    p = params.load(path, download.PARAMS, download.CHANNELS)
+    p = params.load(path, download.PARAMS)
     assert (p.dataset, p.image.size, p.image.channels, p.folder) == ("cifar10_jpeg", 32, 3, None)
     monkeypatch.chdir(tmp_path)
     folder = {"path": None, "test_share": 0.1, "seed": 0}

@@ -179,7 +179,7 @@ def test_stage_writes_samples_and_figures(model_dir):
     assert table.schema.field("initial_exponent").type == pa.int8()
     assert table.schema.field("tokens").type == pa.list_(pa.uint8())
     assert table.schema.field("image").type == pa.list_(pa.uint8())
-    samples = formats.read_samples(model_dir / "out" / "samples.parquet", 28, 28)
+    samples = formats.read_samples(model_dir / "out" / "samples.parquet", 28, 28, 1)
     assert samples.labels.tolist() == [1, 1, 1, 7, 7, 7] and samples.images.shape == (6, 28, 28)
     # The stored image is the decoded sequence, clipped and rounded.
     language = WaveletGPT.load(model_dir / "data/model").language
@@ -209,6 +209,6 @@ def test_ddp_two_cpu_processes_gather_all_samples(model_dir):
     result = subprocess.run(command, cwd=model_dir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "on rank 1" in result.stdout + result.stderr
-    samples = formats.read_samples(model_dir / "data/samples/samples.parquet", 28, 28)
+    samples = formats.read_samples(model_dir / "data/samples/samples.parquet", 28, 28, 1)
     assert samples.labels.tolist() == [1, 1, 1, 7, 7, 7] and len(samples.offsets) == 7
     assert (model_dir / "reports/samples/overview.png").is_file()

@@ -19,6 +19,15 @@ class Dataset:
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
     classes: list[str]
 
+    def shuffled(self, seed: int) -> "Dataset":
+        """Each split in a seeded random order: a folder lists its images class by class, and the
+        first N of a split (`dwt.limit`, `train_classifier.limit`) should hold every class, as the
+        first N of MNIST's or CIFAR-10's own files do."""
+        rng = np.random.default_rng(seed)
+        order = {split: rng.permutation(len(labels)) for split, (_, labels) in self.splits.items()}
+        return Dataset({split: (images[order[split]], labels[order[split]])
+                        for split, (images, labels) in self.splits.items()}, self.classes)
+
     def save(self, folder: Path) -> None:
         """`{split}_images.npy`, `{split}_labels.npy` and `classes.json` in `folder`."""
         for split, (images, labels) in self.splits.items():

@@ -91,4 +91,5 @@ def load_jpeg(mirror: str | None) -> Dataset:
         log(f"{split}.tar.gz: verified from {origin}")
         images, labels, classes = _jpeg_split(content, split)
         splits[split] = images, labels
-    return Dataset(splits, classes)  # the same ten class folders in both tars (their digests pin them)
+    # The same ten class folders in both tars (their digests pin them), read class by class.
+    return Dataset(splits, classes).shuffled(seed=0)

@@ -100,7 +100,8 @@ def _arrays(classes: dict[str, list[Path]], size: int, channels: int, split: str
 
 
 def load(folder: Path, size: int, channels: int, test_share: float, seed: int) -> Dataset:
-    """The images of `folder`, size x size, grey (channels 1) or RGB (3), ordered by class then file name."""
+    """The images of `folder`, size x size, grey (channels 1) or RGB (3), each split in an order
+    shuffled with `seed`."""
     if (folder / "train").is_dir() != (folder / "test").is_dir():
         raise InputError(folder, "holds only one of train/ and test/", fix="give it both (the split) or neither")
     if (folder / "train").is_dir():
@@ -117,4 +118,4 @@ def load(folder: Path, size: int, channels: int, test_share: float, seed: int) -
         f"{sum(len(files) for files in splits['test'].values())} test images in {len(splits['train'])} classes; "
         f"skipped {skipped} entries that are not image files or are hidden")
     return Dataset({split: _arrays(classes, size, channels, split) for split, classes in splits.items()},
-                   list(splits["train"]))
+                   list(splits["train"])).shuffled(seed)

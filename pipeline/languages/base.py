@@ -57,6 +57,7 @@ class TokenLanguage(Protocol):
     bit_planes: bool  # sequences run coarse to fine, plane by plane (completion keeps the first k)
     has_context: bool  # its scan state gives context features: it has `context` and `scan_context`
     colour: bool  # RGB images: tokens carry a component (0 Y, 1 Cb, 2 Cr), images decode to (N, H, W, 3)
+    chroma: str | None  # colour: how the dwt stage kept the chroma (full, half); None for grey
     wavelet: str
     vocab_size: int
     token_names: list[str]

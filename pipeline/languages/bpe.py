@@ -377,6 +377,7 @@ class BPELanguage:
     wavelet = property(lambda self: self.base.wavelet)
     size = property(lambda self: self.base.size)
     colour = property(lambda self: self.base.colour)
+    chroma = property(lambda self: self.base.chroma)
     e0_range = property(lambda self: self.base.e0_range)
     max_planes = property(lambda self: self.base.max_planes)
     image_height = property(lambda self: self.base.image_height)

@@ -18,14 +18,15 @@ class PixelScan:
         self.language = language
         self.position = np.zeros(batch, np.int64)
         self.bp = np.zeros(batch, np.int64)
-        self.component = np.zeros(batch, np.int64)
         self._observe()
 
     def _observe(self) -> None:
-        width, total = self.language.image_width, self.language.image_height * self.language.image_width
-        self.done = self.position >= total
-        self.i1 = np.where(self.done, 0, self.position // width)
-        self.i2 = np.where(self.done, 0, self.position % width)
+        width, channels = self.language.image_width, self.language.channels
+        self.done = self.position >= self.language.length
+        pixel, channel = np.divmod(self.position, channels)
+        self.i1 = np.where(self.done, 0, pixel // width)
+        self.i2 = np.where(self.done, 0, pixel % width)
+        self.component = np.where(self.done, 0, channel)
 
     def valid(self) -> np.ndarray:
         valid = np.ones((len(self.position), self.language.vocab_size), bool)
@@ -57,28 +58,41 @@ class PixelScan:
     def keep(self, rows) -> None:
         self.position = self.position[np.asarray(rows, dtype=np.int64)]
         self.bp = np.zeros(len(self.position), np.int64)
-        self.component = np.zeros(len(self.position), np.int64)
         self._observe()
 
 
 @dataclass(frozen=True)
 class PixelLanguage:
     """Raster-order pixel intensities quantised to `levels` evenly spaced values (0 and 255
-    included): the same transformer without the wavelet language."""
+    included): the same transformer without the wavelet language. Colour: R, G and B of each pixel
+    in turn (channel-interleaved raster order), `levels` per channel; a token's component is its
+    channel. It reads the dwt stage's coefficients back to pixels, so with `dwt.chroma: half` it
+    models the images as dwt keeps them (chroma averaged over 2 x 2 pixels), as the wavelet
+    language does."""
 
     wavelet: str  # the dwt stage's wavelet, to turn its coefficients back into pixels
     levels: int = 4
     image_height: int = 28
     image_width: int = 28
+    chroma: str | None = None  # None: grey; "full" or "half": RGB, read from dwt's luma and chroma
 
     family = "pixels"
     bit_planes = False
     has_context = False  # no scan state to read context features from
-    colour = False  # grey intensities (the colour pixel baseline is the rest of issue #20)
 
     def __post_init__(self):
         if not 2 <= self.levels <= 256:
             raise ValueError(f"pixel levels {self.levels} is outside 2..256")
+        if self.chroma not in (None, "full", "half"):
+            raise ValueError(f"chroma {self.chroma!r} is not one of full, half (or None: grey)")
+
+    @property
+    def colour(self) -> bool:
+        return self.chroma is not None
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.colour else 1
 
     @property
     def vocab_size(self) -> int:
@@ -102,28 +116,40 @@ class PixelLanguage:
 
     @property
     def length(self) -> int:
-        return self.image_height * self.image_width
+        return self.image_height * self.image_width * self.channels
 
     @property
     def name(self) -> str:
-        return f"pixels, {self.levels} levels"
+        return f"pixels, {self.levels} levels" + (" per RGB channel" if self.colour else "")
 
     def describe(self) -> dict:
-        return {"family": self.family, "wavelet": self.wavelet, "levels": self.levels,
-                "image_height": self.image_height, "image_width": self.image_width}
+        description = {"family": self.family, "wavelet": self.wavelet, "levels": self.levels,
+                       "image_height": self.image_height, "image_width": self.image_width}
+        if self.colour:  # a grey language's description (meta.json) stays as it was
+            description["chroma"] = self.chroma
+        return description
 
     def quantise(self, images: np.ndarray) -> np.ndarray:
         return np.rint(images.astype(np.float64) * (self.levels - 1) / 255.0).astype(np.uint8)
 
     def _sequences(self, levels: np.ndarray) -> Encoded:
+        """(N, H, W) or (N, H, W, 3) levels -> raster sequences (channels innermost)."""
         n = len(levels)
-        rows, cols = np.divmod(np.arange(self.length), self.image_width)
+        pixel, channel = np.divmod(np.arange(self.length), self.channels)
+        rows, cols = np.divmod(pixel, self.image_width)
         return Encoded(levels.reshape(-1), np.zeros(n * self.length, np.uint8),
                        np.tile(rows, n).astype(np.uint8), np.tile(cols, n).astype(np.uint8),
-                       np.arange(n + 1, dtype=np.int64) * self.length, np.zeros(n, np.int8))
+                       np.arange(n + 1, dtype=np.int64) * self.length, np.zeros(n, np.int8),
+                       np.tile(channel, n).astype(np.uint8))
 
-    def encode(self, coeffs: np.ndarray) -> Encoded:
-        pixels = wavelets.crop(wavelets.inverse(np.asarray(coeffs), self.wavelet), self.image_height, self.image_width)
+    def encode(self, coeffs) -> Encoded:
+        """The dwt stage's coefficients (colour: the pair luma, chroma) -> sequences."""
+        if self.colour:
+            pixels = wavelets.colour_pixels(*coeffs, self.wavelet, self.image_height, self.image_width,
+                                            self.chroma == "half")
+        else:
+            pixels = wavelets.crop(wavelets.inverse(np.asarray(coeffs), self.wavelet), self.image_height,
+                                   self.image_width)
         return self._sequences(self.quantise(wavelets.to_uint8(pixels)))
 
     def encode_images(self, images: np.ndarray) -> Encoded:
@@ -142,14 +168,15 @@ class PixelLanguage:
                              f"not a level 0..{self.levels - 1}")
 
     def decode(self, encoded: Encoded) -> np.ndarray:
-        """Sequences (a prefix leaves the rest of the image black) -> (N, H, W) uint8."""
+        """Sequences (a prefix leaves the rest of the image black) -> (N, H, W) uint8 (colour:
+        (N, H, W, 3))."""
         self._check(encoded)
         levels = np.zeros((len(encoded), self.length), np.float64)
         for j in range(len(encoded)):
             seq = encoded.tokens[encoded.offsets[j]:encoded.offsets[j + 1]]
             levels[j, :len(seq)] = seq
         images = np.rint(levels * 255.0 / (self.levels - 1)).astype(np.uint8)
-        return images.reshape(len(encoded), self.image_height, self.image_width)
+        return images.reshape(len(encoded), self.image_height, self.image_width, *[3] * self.colour)
 
     def progressive(self, encoded: Encoded, j: int) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Sequence j after each quarter of its rows."""
@@ -157,9 +184,9 @@ class PixelLanguage:
         seq = encoded.select([j])
         stages = []
         for stage in range(4):
-            prefix = min(self.length, (stage + 1) * quarter * self.image_width)
+            prefix = min(self.length, (stage + 1) * quarter * self.image_width * self.channels)
             cut = Encoded(seq.tokens[:prefix], seq.bp[:prefix], seq.i1[:prefix], seq.i2[:prefix],
-                          np.array([0, min(prefix, seq.lengths[0])]), seq.initial_exponents)
+                          np.array([0, min(prefix, seq.lengths[0])]), seq.initial_exponents, seq.component[:prefix])
             stages.append(self.decode(cut)[0] / 255.0)
         names = [f"rows < {min(self.image_height, (stage + 1) * quarter)}" for stage in range(4)]
         return np.stack(stages), names, np.asarray(seq.i1) // quarter
@@ -172,7 +199,7 @@ class PixelLanguage:
             raise ValueError(f"sequence {short[0]}: it ends after {encoded.lengths[short[0]]} tokens, "
                              f"not {self.length}")
         expected = self._sequences(np.zeros((len(encoded), self.length), np.uint8))
-        for name in ("bp", "i1", "i2"):
+        for name in ("bp", "i1", "i2", "component"):
             wrong = np.flatnonzero(np.asarray(getattr(encoded, name)) != getattr(expected, name))
             if len(wrong):
                 j, index = divmod(int(wrong[0]), self.length)

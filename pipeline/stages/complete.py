@@ -42,7 +42,8 @@ def prefixes_of(encoded: Encoded, planes: int) -> Encoded:
     lengths = np.add.reduceat(keep.astype(np.int64), encoded.offsets[:-1]) if len(encoded) else np.zeros(0, np.int64)
     lengths[encoded.lengths == 0] = 0
     return Encoded(encoded.tokens[keep], encoded.bp[keep], encoded.i1[keep], encoded.i2[keep],
-                   np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), encoded.initial_exponents)
+                   np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), encoded.initial_exponents,
+                   encoded.component[keep])
 
 
 def run(p: Params, device_name: str = "auto", **paths: str | Path) -> dict:

@@ -19,7 +19,6 @@ from ..params import FolderParams, ImageParams
 from ..progress import log
 
 PARAMS = ("dataset", "image", "folder")
-CHANNELS = (1, 3)  # writes the images the data set has
 INPUTS: dict[str, str] = {}
 OUTPUTS = {"raw": "data/raw/{dataset}"}
 

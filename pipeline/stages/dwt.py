@@ -21,7 +21,6 @@ from ..io import atomic_dir, stage_paths, write_json
 from ..progress import log, track
 
 PARAMS = ("dataset", "image", "wavelet", "dwt")
-CHANNELS = (1, 3)  # grey and colour (the stages after it: grey only, until the colour language)
 INPUTS = {"raw": "data/raw/{dataset}"}
 OUTPUTS = {"dwt": "data/dwt", "metrics": "reports/dwt.json"}
 RECONSTRUCTION_TOLERANCE = 1e-9

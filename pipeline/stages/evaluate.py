@@ -44,7 +44,7 @@ SAMPLES = "samples.parquet"  # the file the sample and tune stages write into th
 
 
 def _read_balanced(path: Path, count: int, language) -> tuple[np.ndarray, np.ndarray]:
-    samples = read_samples(path, language.image_height, language.image_width)
+    samples = read_samples(path, language.image_height, language.image_width, 3 if language.colour else 1)
     rows = class_balanced(samples.labels, count)
     return samples.labels[rows], samples.images[rows]
 

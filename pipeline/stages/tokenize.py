@@ -22,7 +22,6 @@ from ..params import Params
 from ..progress import log, track
 
 PARAMS = ("dataset", "image", "wavelet", "tokenizer")
-CHANNELS = (1, 3)  # grey, and colour in the colour wavelet language
 INPUTS = {"dwt": "data/dwt"}
 OUTPUTS = {"tokens": "data/tokens", "metrics": "reports/tokenize.json",
            "length_histogram": "reports/tokenize/length_histogram.png",
@@ -37,10 +36,7 @@ def language_for(p: Params, train_coeffs, image: dict):
     settings = p.tokenizer
     height, width, colour = image["height"], image["width"], image.get("channels") == 3
     if settings.method == "pixels":
-        if colour:
-            raise ValueError("tokenizer.method=pixels carries grey images only so far; colour images take "
-                             "zeroblock or zerotree (the colour pixel baseline is the rest of issue #20)")
-        return PixelLanguage(p.wavelet, settings.pixel_levels, height, width)
+        return PixelLanguage(p.wavelet, settings.pixel_levels, height, width, image["chroma"] if colour else None)
     luma = train_coeffs[0] if colour else train_coeffs
     language = WaveletLanguage(p.wavelet, settings.method, settings.final_exponent, settings.initial_threshold,
                                luma.shape[-1], height, width, image["chroma"] if colour else None,

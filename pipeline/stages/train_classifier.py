@@ -21,7 +21,6 @@ from ..params import Params
 from ..progress import log, track
 
 PARAMS = ("profile", "threads", "dataset", "image", "train_classifier")
-CHANNELS = (1, 3)
 INPUTS = {"raw": "data/raw/{dataset}"}
 OUTPUTS = {"classifier": "data/classifier", "metrics": "reports/classifier.json"}
 

@@ -65,7 +65,8 @@ class DiffusionSampler:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             label = torch.as_tensor(labels[chunk], device=device)
-            x = torch.cat([torch.randn((1, 1, size, size), generator=torch.Generator().manual_seed(seed * 1_000_003 + int(row)))
+            shape = (1, self.unet.config.in_channels, size, size)
+            x = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(row)))
                            for row in chunk]).to(device)
             for t in self.schedule.timesteps:
                 eps = self.noise_prediction(x, t, label, decoding.cfg_scale)

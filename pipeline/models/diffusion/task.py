@@ -34,16 +34,18 @@ class DiffusionTask:
         self.p, self.device, self.dist = p, device, dist
         self.meta = formats.read_meta(tokens_root)
         language = from_description(self.meta["language"])
-        formats.require_grey(language, tokens_root)
         self.splits = {}
         for split in ("train", "test"):
             tokens = formats.read_split(tokens_root, split, self.meta)
             self.splits[split] = (language.decode(tokens.encoded), tokens.labels.astype(np.int64))
-        self.height, self.width = self.splits["train"][0].shape[1:]
-        self.wavelet = language.wavelet
+        self.height, self.width = self.splits["train"][0].shape[1:3]
+        self.channels = 3 if language.colour else 1
+        # Samples come back as the 256-level pixel language of these images (grey or RGB).
+        self.sample_language = PixelLanguage(language.wavelet, 256, self.height, self.width,
+                                             language.chroma)
         self.n_classes = self.meta["n_classes"]
         self.size = padded_size(self.height, self.width)
-        self.model = build_unet(p, self.n_classes, self.size).to(device)
+        self.model = build_unet(p, self.n_classes, self.size, self.channels).to(device)
         self.schedule = noise_schedule()
         self.batches = LengthBatches(np.zeros(len(self.splits["train"][1])), p.train.batch_size, p.train.seed,
                                      dist.world, dist.rank)
@@ -108,7 +110,7 @@ class DiffusionTask:
                 predicted = self._forward(self.model, noised.to(self.device), t.to(self.device),
                                           torch.from_numpy(labels[chunk]).to(self.device))
             error += F.mse_loss(predicted.float(), noise.to(self.device), reduction="sum").item()
-        return {"mse": error / (len(rows) * self.size * self.size), "images": int(len(rows))}
+        return {"mse": error / (len(rows) * self.channels * self.size * self.size), "images": int(len(rows))}
 
     def validation_figures(self, val: dict) -> dict:
         return {"val/loss": val["mse"]}
@@ -135,4 +137,4 @@ class DiffusionTask:
         self.schedule.save_pretrained(folder)
         (folder / MARKER).write_text(json.dumps({
             "family": "diffusion", "n_classes": self.n_classes, "condition": self.p.model.condition,
-            "language": PixelLanguage(self.wavelet, 256, self.height, self.width).describe()}, indent=2) + "\n")
+            "language": self.sample_language.describe()}, indent=2) + "\n")

@@ -8,6 +8,7 @@ embedding and they are summed:
 
     x_t = token[prev_t] + bp[bp_t] + row[i1_t] + col[i2_t] + e0[e0] + class[label]
           (+ state[s_t] + parent[p_t] + neighbours[n_t] + signs[g_t] with `context: scan`)
+          (+ component[c_t] for a colour language: Y, Cb, Cr, or R, G, B for pixels)
 
 `position` picks what tells the model where it is: `wavelet` (bp, row, col), `sequence` (GPT-2's
 absolute index table only) or `both`. `condition` is `class` (with a null class for classifier-free guidance) or
@@ -50,7 +51,7 @@ class WaveletGPTConfig(GPT2Config):
                  language: dict | None = None, token_vocab: int = 8, size: int = 32, max_planes: int = 8,
                  e0_min: int = 0, e0_max: int = 3, initial_exponent_counts: dict | None = None,
                  longest_sequence: int = 2048, context: str = "none", context_sizes: list | None = None,
-                 **kwargs):
+                 components: int = 1, **kwargs):
         kwargs.setdefault("vocab_size", token_vocab + 1)  # + the start token
         kwargs.setdefault("bos_token_id", token_vocab)
         kwargs.setdefault("eos_token_id", None)
@@ -73,6 +74,7 @@ class WaveletGPTConfig(GPT2Config):
         self.longest_sequence = longest_sequence  # of the training data: the sampler sizes its cache by it
         self.context = context
         self.context_sizes = list(context_sizes or [])  # ids of each context feature (its table sizes)
+        self.components = components  # 3 for a colour language: each token's component is embedded
 
     @classmethod
     def for_language(cls, language, **kwargs) -> "WaveletGPTConfig":
@@ -84,7 +86,8 @@ class WaveletGPTConfig(GPT2Config):
                                  f"{language.name} has none: use model.context none")
             kwargs["context_sizes"] = list(CONTEXT_SIZES)
         return cls(language=language.describe(), token_vocab=language.vocab_size, size=language.size,
-                   max_planes=language.max_planes, e0_min=e0_min, e0_max=e0_max, **kwargs)
+                   max_planes=language.max_planes, e0_min=e0_min, e0_max=e0_max,
+                   components=3 if language.colour else 1, **kwargs)
 
     @property
     def null_class(self) -> int:
@@ -120,15 +123,20 @@ class WaveletGPT(GPT2PreTrainedModel):
         self.uses_context = config.context == "scan"
         if self.uses_context:
             self.scan_context = nn.ModuleList(nn.Embedding(n, d) for n in config.context_sizes)
+        self.uses_component = config.components > 1
+        if self.uses_component:
+            self.component = nn.Embedding(config.components, d)
         self.head = nn.Linear(d, config.token_vocab, bias=False)
         self.post_init()
 
-    def embed(self, prev_tokens, bp, i1, i2, e0, labels, context=None):
+    def embed(self, prev_tokens, bp, i1, i2, e0, labels, context=None, component=None):
         """(B, T) ids and positions, (B,) e0 and labels, (B, T, features) context ids (with
-        `context: scan`) -> (B, T, n_embd)."""
+        `context: scan`), (B, T) components (colour) -> (B, T, n_embd)."""
         x = self.token(prev_tokens)
         if self.uses_wavelet_position:
             x = x + self.bp(bp) + self.row(i1) + self.col(i2)
+        if self.uses_component:
+            x = x + self.component(component)
         if self.uses_context:
             for j, table in enumerate(self.scan_context):
                 x = x + table(context[..., j])
@@ -162,11 +170,11 @@ class WaveletGPT(GPT2PreTrainedModel):
                              f"{' '.join(str(error).split())[:300]})", "train") from None
         return model
 
-    def forward(self, prev_tokens, bp, i1, i2, e0, labels, context=None):
+    def forward(self, prev_tokens, bp, i1, i2, e0, labels, context=None, component=None):
         """Logits (B, T, token_vocab) for the tokens at the given positions (causal)."""
         index = torch.arange(prev_tokens.shape[1], device=prev_tokens.device)[None]
-        x = self.transformer.drop(self.embed_positions(self.embed(prev_tokens, bp, i1, i2, e0, labels, context),
-                                                       index))
+        x = self.transformer.drop(self.embed_positions(
+            self.embed(prev_tokens, bp, i1, i2, e0, labels, context, component), index))
         dropout = self.config.attn_pdrop if self.training else 0.0
         for block in self.transformer.h:
             q, k, v = _heads(block, x, self.config.n_head)
@@ -248,16 +256,17 @@ class Decoder:
             self.values = torch.cat([self.values, torch.zeros_like(self.values)], dim=3)
 
     @torch.no_grad()
-    def step(self, prev, bp, i1, i2, e0, labels, context=None) -> torch.Tensor:
+    def step(self, prev, bp, i1, i2, e0, labels, context=None, component=None) -> torch.Tensor:
         """(B,) previous tokens and next positions, (B,) e0 and labels, (B, features) context
-        ids (with `context: scan`) -> logits (B, token_vocab)."""
+        ids (with `context: scan`), (B,) components (colour) -> logits (B, token_vocab)."""
         m, position = self.model, self.lengths
         width = int(self.host_lengths.max()) + 1
         self._fit(width)
         rows = torch.arange(len(position), device=self.device)
         context = None if context is None else context[:, None]
-        x = m.embed_positions(m.embed(prev[:, None], bp[:, None], i1[:, None], i2[:, None], e0, labels, context),
-                              position[:, None])
+        component = None if component is None else component[:, None]
+        x = m.embed_positions(m.embed(prev[:, None], bp[:, None], i1[:, None], i2[:, None], e0, labels, context,
+                                      component), position[:, None])
         mask = (torch.arange(width, device=self.device)[None] <= position[:, None])[:, None, None]
         for layer, block in enumerate(m.transformer.h):
             q, k, v = _heads(block, x, self.heads)
@@ -272,12 +281,14 @@ class Decoder:
         return m.head(m.transformer.ln_f(x))[:, 0]
 
     @torch.no_grad()
-    def prefill(self, rows: torch.Tensor, prev, bp, i1, i2, e0, labels, lengths: np.ndarray, context=None) -> None:
+    def prefill(self, rows: torch.Tensor, prev, bp, i1, i2, e0, labels, lengths: np.ndarray, context=None,
+                component=None) -> None:
         """Rows `rows` start from prefixes: (n, T) inputs padded at the end (context (n, T,
-        features)), `lengths` (n,) the true lengths. One causal forward pass fills their cache."""
+        features), component (n, T)), `lengths` (n,) the true lengths. One causal forward pass
+        fills their cache."""
         m, width = self.model, prev.shape[1]
         self._fit(width)
-        x = m.embed_positions(m.embed(prev, bp, i1, i2, e0, labels, context),
+        x = m.embed_positions(m.embed(prev, bp, i1, i2, e0, labels, context, component),
                               torch.arange(width, device=self.device)[None])
         for layer, block in enumerate(m.transformer.h):
             q, k, v = _heads(block, x, self.heads)

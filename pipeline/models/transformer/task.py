@@ -58,6 +58,9 @@ class TokenData:
         out["prev"][:, 1:] = np.where(filled[:, 1:], out["target"][:, :-1], 0)
         for name in ("bp", "i1", "i2"):
             out[name][filled] = getattr(chosen, name)
+        if self.language.colour:
+            out["component"] = np.zeros((len(rows), width), np.int64)
+            out["component"][filled] = chosen.component
         valid = np.ones((len(rows), width, self.language.vocab_size), bool)  # padding: no -inf rows
         valid[filled] = self.language.valid_ids(chosen)
         tensors = {name: torch.from_numpy(a).to(device) for name, a in out.items()}
@@ -75,7 +78,6 @@ def load_data(tokens_root: Path, pad_to: int = 1, context: bool = False) -> tupl
     """meta.json and both splits, checked against the data contract and the language's grammar."""
     meta = formats.read_meta(tokens_root)
     language = from_description(meta["language"])
-    formats.require_grey(language, tokens_root)
     splits = [TokenData(formats.read_split(tokens_root, split, meta, check_grammar=True), language, pad_to, context)
               for split in ("train", "test")]
     return meta, *splits
@@ -110,7 +112,7 @@ def evaluate(model, data: TokenData, rows: np.ndarray, batch_size: int, device, 
         batch = data.batch(rows[start:start + batch_size], device)
         with autocast(device, precision):
             logits = model(batch["prev"], batch["bp"], batch["i1"], batch["i2"], batch["e0"], batch["label"],
-                           batch.get("context"))
+                           batch.get("context"), batch.get("component"))
         masked += token_nll(logits, batch["target"], batch["valid"]).sum().item()
         unmasked += token_nll(logits, batch["target"], None).sum().item()
         tokens += int((batch["target"] >= 0).sum())
@@ -150,7 +152,7 @@ class TransformerTask:
     def loss(self, trained, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed NLL (nats) of this rank's share, and its token count."""
         logits = trained(batch["prev"], batch["bp"], batch["i1"], batch["i2"], batch["e0"], batch["label"],
-                         batch.get("context"))
+                         batch.get("context"), batch.get("component"))
         nll = token_nll(logits, batch["target"], batch["valid"] if self.p.train.grammar_mask else None).sum()
         return nll, (batch["target"] >= 0).sum()
 
@@ -161,7 +163,7 @@ class TransformerTask:
         context = torch.zeros(1, width, len(CONTEXT_SIZES), dtype=torch.long, device=self.device)
         with autocast(self.device, self.p.train.precision):
             logits = self.model(x, x, x, x, zero + self.model.config.e0_min, zero,
-                                context if self.model.uses_context else None)
+                                context if self.model.uses_context else None, x if self.model.uses_component else None)
         logits.float().sum().backward()
 
     def step_flops(self, step: int) -> float:
