@@ -2,7 +2,8 @@
 language across final exponents (luma / chroma) and BPE sizes, beside the pixel language over RGB.
 
     python benchmarks/colour_ceilings.py --raw data/raw/cifar10_jpeg --dwt data/dwt \\
-        --classifier data/classifier --out reports/cifar10_jpeg/ceilings.md
+        --classifier data/classifier --out reports/cifar10_jpeg/ceilings.md \\
+        --figure reports/cifar10_jpeg/progressive.png
 
 Needs the download, dwt (`dwt.chroma` as the languages below: half) and train_classifier stages'
 outputs for `dataset=cifar10_jpeg`. Ceilings follow evaluate's protocol
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from tokenizer_ceilings import ceiling, real_and_references
 
+from pipeline import figures
+from pipeline.devices import cpu_name
 from pipeline.formats import read_dwt, read_dwt_chroma, read_dwt_image
 from pipeline.languages.bpe import BPELanguage
 from pipeline.languages.pixels import PixelLanguage
@@ -40,6 +43,7 @@ def main() -> None:
     parser.add_argument("--classifier", type=Path, default=Path("data/classifier"))
     parser.add_argument("--images", type=int, default=500, help="as eval.num_samples and eval.reference_images")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--figure", type=Path, help="progressive decoding of a few test images (PNG)")
     args = parser.parse_args()
 
     image = read_dwt_image(args.dwt)
@@ -52,7 +56,7 @@ def main() -> None:
     floor, _ = scorer.score(real, labels)
     lines = [f"Tokenizer ceilings, CIFAR-10-JPEG (haar, chroma {image['chroma']}): {len(real)} class-matched "
              f"training images through each language vs {len(reference)} test references (reported half); "
-             f"lengths: test split mean. {date.today()}, {platform.machine()} CPU ({platform.processor() or 'one core'}). "
+             f"lengths: test split mean. {date.today()}, {cpu_name()} ({platform.machine()}), one torch thread. "
              f"Inception: {scorer.inception_name}.", "",
              "| language | tokens per image | PSNR (dB) | classifier-FID | FID | conditional accuracy |",
              "|---|---|---|---|---|---|",
@@ -87,6 +91,23 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")
+    if args.figure:
+        progressive(coeffs["test"], image, args.figure)
+
+
+def progressive(coeffs, image: dict, path: Path, shown: int = 4) -> None:
+    """The first test images decoded after each bit-plane in the CIFAR default language
+    (zero-tree, f = -4 / -3), beside the images as dwt keeps them."""
+    size = image["height"]
+    language = WaveletLanguage("haar", "zerotree", -4, size=coeffs[0].shape[-1], image_height=size, image_width=size,
+                               chroma=image["chroma"], chroma_final_exponent=-3)
+    examples = (coeffs[0][:shown], coeffs[1][:shown])
+    encoded = language.encode(examples)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figures.progressive_figure(language, encoded, range(shown), path,
+                               [f"e0={e}\n{n} tok" for e, n in zip(encoded.initial_exponents, encoded.lengths)],
+                               f"Progressive decoding, CIFAR-10-JPEG test images ({language.name})",
+                               originals=np.clip(language.pixels(examples), 0, 1))
 
 
 if __name__ == "__main__":

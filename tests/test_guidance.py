@@ -28,7 +28,7 @@ class TableDecoder:
 
     TABLE = {3: [2.0, 0.0, 0.0], NULL: [0.0, 1.0, 0.0]}
 
-    def step(self, prev, bp, i1, i2, e0, labels, context=None):
+    def step(self, prev, bp, i1, i2, e0, labels, context=None, component=None):
         assert len(prev) == len(labels) == 2  # the one sequence, twice
         return torch.tensor([self.TABLE[int(label)] for label in labels])
 
