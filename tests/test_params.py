@@ -226,7 +226,7 @@ def test_a_data_set_is_a_config_group_and_explicit_overrides_win(tmp_path):
         assert mine["folder"] == {"path": "/data", "test_share": 0.1, "seed": 0}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(cifar))
-    assert params.load(path, ("dataset", "image", "folder"), (1, 3)).image.channels == 3
+    assert params.load(path, ("dataset", "image", "folder")).image.channels == 3
 
 
 def test_a_stage_cannot_read_a_key_it_did_not_declare():
