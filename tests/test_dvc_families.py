@@ -104,9 +104,13 @@ def test_a_users_grey_folder_at_another_size_runs_every_stage(small_repo, mirror
     assert 0 <= json.loads((small_repo / "reports/classifier.json").read_text())["test_accuracy"] <= 1
 
 
-# CIFAR-10-JPEG at f = 1 (luma and chroma): ~135 tokens per image, so the untrained samples stay short.
+# CIFAR-10-JPEG at f = 1 (luma and chroma): ~135 tokens per image; an untrained model's samples
+# still run to thousands of tokens (or 3,072 pixels), so fewer of them than TINY's.
 COLOUR = ("-S", "dataset=cifar10_jpeg", "-S", "tokenizer.final_exponent=1", "-S", "tokenizer.chroma_final_exponent=1",
-          "-S", "train_classifier.epochs=1", "-S", "train_classifier.width=8")
+          "-S", "train_classifier.epochs=1", "-S", "train_classifier.width=8", "-S", "sample.per_class=2",
+          "-S", "tune.per_class=2", "-S", "tune.reference_per_class=2", "-S", "complete.images=2",
+          "-S", "complete.completions=1", "-S", "eval.num_samples=4", "-S", "eval.reference_images=4",
+          "-S", "eval.kid_subset_size=2")
 
 
 @pytest.mark.parametrize("name,overrides,language", [
