@@ -75,6 +75,12 @@ def to_rgb(components: np.ndarray) -> np.ndarray:
     return np.einsum("kc,nchw->nhwk", ICT_INVERSE, components)
 
 
+def check_chroma(chroma: str | None) -> None:
+    """How a language reads colour from dwt: None (grey), "full" or "half" (`dwt.chroma`)."""
+    if chroma not in (None, "full", "half"):
+        raise ValueError(f"chroma {chroma!r} is not one of full, half (or None: grey)")
+
+
 def halve(values: np.ndarray) -> np.ndarray:
     """(..., H, W) -> (..., ceil(H/2), ceil(W/2)): the mean of each 2 x 2 block (an odd edge
     repeated), JPEG's 4:2:0 chroma."""

@@ -83,8 +83,7 @@ class PixelLanguage:
     def __post_init__(self):
         if not 2 <= self.levels <= 256:
             raise ValueError(f"pixel levels {self.levels} is outside 2..256")
-        if self.chroma not in (None, "full", "half"):
-            raise ValueError(f"chroma {self.chroma!r} is not one of full, half (or None: grey)")
+        wavelets.check_chroma(self.chroma)
 
     @property
     def colour(self) -> bool:

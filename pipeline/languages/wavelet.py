@@ -40,8 +40,7 @@ class WaveletLanguage:
         for name in ("final_exponent", "chroma_final_exponent"):  # from a description (JSON): keep it hashable
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.chroma not in (None, "full", "half"):
-            raise ValueError(f"chroma {self.chroma!r} is not one of full, half (or None: grey)")
+        wavelets.check_chroma(self.chroma)
 
     @property
     def colour(self) -> bool:
