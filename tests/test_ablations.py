@@ -118,3 +118,53 @@ def test_compute_curves_keep_recorded_points_and_prefer_this_clones_experiments(
     monkeypatch.setattr(compute_curves, "experiments", lambda: {})  # a new clone: the record alone
     compute_curves.table(tmp_path / "d.md", tmp_path / "d.png", record)
     assert (tmp_path / "d.md").read_text().split("\n", 1)[1] == (tmp_path / "c.md").read_text().split("\n", 1)[1]
+
+
+def test_colour_rows_compose_to_their_languages_and_regenerate_from_the_record(tmp_path, monkeypatch):
+    """Each CIFAR row's overrides give params every stage accepts, on cifar10_jpeg at the shared
+    settings, in the language the row is named for; the table keeps each finished row in its
+    record (a new clone regenerates it) and copies each experiment's samples figure."""
+
+    from dvc.utils.hydra import compose_and_dump
+    from conftest import REPO
+
+    from pipeline import params
+    from pipeline.studies import colour_rows
+
+    languages = {"wavelet": ("transformer", "zerotree", -4, -3, 256), "pixels": ("transformer", "pixels", -4, -3, 0),
+                 "diffusion": ("diffusion", "pixels", -4, -3, 0)}
+    for system in colour_rows.SYSTEMS:
+        out = tmp_path / f"{system}.yaml"
+        compose_and_dump(out, str(REPO / "conf"), None, "config", str(tmp_path), colour_rows.overrides(system, 4e13))
+        p = params.load(out, params.ALL_KEYS)
+        assert (p.dataset, p.image.channels, p.train.flops, p.train.batch_size, p.train.precision) == (
+            "cifar10_jpeg", 3, 4e13, 8, "fp32"), system
+        assert (p.model.family, p.tokenizer.method, p.tokenizer.final_exponent, p.tokenizer.chroma_final_exponent,
+                p.tokenizer.bpe_vocab_size) == languages[system], system
+        assert (p.sample.per_class * 10, p.eval.num_samples, p.tune.per_class) == (250, 250, 3), system
+    assert "tokenizer.pixel_levels=8" in colour_rows.overrides("pixels", 4e13)
+
+    def experiment(fid: float, system: str) -> dict:
+        metrics = _metrics(fid, steps=25 if system == "diffusion" else None)
+        return {"metrics": metrics, "params": {"train": {"flops": 4e13, "seed": 0}}, "baseline": "abc1234",
+                "rev": f"rev-{system}", "files": {"reports/metrics.json": metrics,
+                                                  "reports/train/metrics.json": {"steps": 300},
+                                                  "reports/tokenize.json": {"test": {"length_mean": 442.0}}}}
+
+    copied = []
+    monkeypatch.setattr(colour_rows, "copy_samples_figure", lambda rev, path: copied.append((rev, path.name)))
+    monkeypatch.setattr(colour_rows, "experiments", lambda: {"cifar-diffusion-4e13": experiment(150.0, "diffusion"),
+                                                             "cifar-wavelet-4e13": experiment(90.0, "wavelet"),
+                                                             "cifar-wavelets-4e13": experiment(1.0, "wavelet")})
+    record = tmp_path / "r.json"
+    colour_rows.table(tmp_path / "r.md", tmp_path / "r.png", record)
+    rows = [line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| ")][1:]
+    assert rows[0].startswith("| wavelet: zero-tree, haar, f = -4 / chroma -3, BPE 256 | 442.0 | 4e+13 | 300 |")
+    assert "| 90.0 | 90.0 | 180.0 | 180.0 | 0.900 | 0.900 | guidance 3, top-p 0.8 |" in rows[0]
+    assert rows[1].startswith("| diffusion (DDPM, DDIM sampling) |") and "guidance 3, 25 steps" in rows[1]
+    assert len(rows) == 2 and "Not run (no finished experiment): cifar-pixels-4e13" in (tmp_path / "r.md").read_text()
+    assert sorted(copied) == [("rev-diffusion", "samples_diffusion.png"), ("rev-wavelet", "samples_wavelet.png")]
+    assert (tmp_path / "r.png").stat().st_size > 10_000
+    monkeypatch.setattr(colour_rows, "experiments", lambda: {})  # a new clone: the record alone
+    colour_rows.table(tmp_path / "s.md", tmp_path / "s.png", record)
+    assert (tmp_path / "s.md").read_text().split("\n", 1)[1] == (tmp_path / "r.md").read_text().split("\n", 1)[1]

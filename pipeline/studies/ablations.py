@@ -133,33 +133,44 @@ def table(out: Path = typer.Option(Path("reports/ablations.md")),
         lines += ["", "Not run yet: " + ", ".join(missing)]
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    _figure(rows, figure)
+    quality_bars([f"{ROWS[row][0]}\n{exp['metrics']['compute']['train_flops']:.2g} FLOPs" for row, exp in rows],
+                 [scores(exp["metrics"]) for _, exp in rows], figure,
+                 "Ablations at equal training compute: quality per row against its tokenizer ceiling and real data")
 
 
-def _figure(rows, path: Path) -> None:
-    """Quality per row at the table's compute: a bar at the shared decoding, a cross at the row's
-    tuned one, a bar mark at its tokenizer ceiling and a dashed line at real data. (Every row
-    trains on the same FLOPs budget, so a compute axis would put them all on one point.)"""
+def scores(m: dict) -> dict:
+    """One experiment's quality figures, flat: FID and classifier-FID (`<kind>_inception`,
+    `<kind>_classifier`) and conditional accuracy (`<kind>_accuracy`) of its samples at the shared
+    decoding ('generated') and the tuned one, and of its tokenizer and real-data floors."""
+    kinds = {"generated": m["generated"], "tuned": m["tuned"], "tokenizer": m.get("tokenizer_floor") or {},
+             "real": m["real_floor"]}
+    return {**{f"{kind}_{key}": (found.get(key) or {}).get("fid") for kind, found in kinds.items()
+               for key in ("inception", "classifier")},
+            **{f"{kind}_accuracy": found.get("conditional_accuracy") for kind, found in kinds.items()}}
+
+
+def quality_bars(labels: list[str], rows: list[dict], path: Path, title: str) -> None:
+    """Quality per row at one compute (rows: `scores` dicts): a bar at the shared decoding, a
+    cross at the row's tuned one, a bar mark at its tokenizer ceiling and a dashed line at real
+    data. (Every row trains on the same FLOPs budget, so a compute axis would put them all on one point.)"""
     from .. import figures
 
     plt = figures.plt
-    labels = [f"{ROWS[row][0]}\n{exp['metrics']['compute']['train_flops']:.2g} FLOPs" for row, exp in rows]
     y = np.arange(len(rows))[::-1]
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.55 * len(rows) + 1.6), sharey=True)
     for ax, (key, label) in zip(axes, (("classifier", "classifier-FID"), ("inception", "FID"))):
-        metrics = [exp["metrics"] for _, exp in rows]
-        shared = np.array([m["generated"][key]["fid"] or np.nan for m in metrics], dtype=float)
-        tuned = np.array([m["tuned"][key]["fid"] or np.nan for m in metrics], dtype=float)
-        ceiling = np.array([(m.get("tokenizer_floor") or {}).get(key, {}).get("fid") or np.nan for m in metrics],
-                           dtype=float)
+        def column(kind: str) -> np.ndarray:
+            return np.array([r[f"{kind}_{key}"] or np.nan for r in rows], dtype=float)
+
+        shared, tuned, ceiling = column("generated"), column("tuned"), column("tokenizer")
         ax.barh(y, shared, color="tab:blue", alpha=0.6, label="shared decoding")
         ax.scatter(tuned, y, marker="x", color="black", zorder=3, label="tuned decoding")
         ax.scatter(ceiling, y, marker="|", s=300, color="tab:red", zorder=3, label="tokenizer ceiling")
-        floor = metrics[0]["real_floor"][key]["fid"]
+        floor = rows[0][f"real_{key}"]
         if floor is not None:
             ax.axvline(floor, color="grey", linestyle="--", linewidth=1, label="real data")
         ax.set_xscale("log")
-        ticks = [t for t in (10, 20, 50, 100, 200, 500, 1000, 2000) if t <= np.nanmax([shared, tuned]) * 1.5]
+        ticks = [t for t in (5, 10, 20, 50, 100, 200, 500, 1000, 2000) if t <= np.nanmax([shared, tuned]) * 1.5]
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_xlim(left=0.8 * np.nanmin(np.concatenate([shared, tuned, ceiling, [floor or np.inf]])))
@@ -167,8 +178,7 @@ def _figure(rows, path: Path) -> None:
         ax.set_yticks(y, labels, fontsize=8)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8)
-    fig.suptitle("Ablations at equal training compute: quality per row against its tokenizer ceiling and real data",
-                 fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     figures.save(fig, path)
 

@@ -28,7 +28,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from .ablations import experiments, fmt
+from .ablations import experiments, fmt, scores
 
 BUDGETS = (1.0e13, 4.0e13, 1.6e14)
 SEEDS = {4.0e13: (0, 1)}  # budgets with a second training seed, to show the seed-to-seed spread
@@ -97,11 +97,7 @@ def row(system: str, exp: dict) -> dict:
         "flops": m["compute"]["train_flops"], "steps": trained.get("steps"), "minutes": m["compute"]["train_minutes"],
         "bits_per_image": m["likelihood"].get("test_bits_per_image"),
         "sample_images_per_s": m["compute"]["sample_images_per_s"], "commit": exp["baseline"],
-        **{f"{kind}_{key}": m[kind][key]["fid"] for kind in ("generated", "tuned") for key in ("inception", "classifier")},
-        **{f"{kind}_accuracy": m[kind]["conditional_accuracy"] for kind in ("generated", "tuned")},
-        **{f"{floor}_{key}": m[f"{floor}_floor"][key]["fid"] for floor in ("tokenizer", "real")
-           for key in ("inception", "classifier")},
-        **{f"{floor}_accuracy": m[f"{floor}_floor"]["conditional_accuracy"] for floor in ("tokenizer", "real")},
+        **scores(m),
         "extractor": m["extractors"]["inception"],
     }
 
