@@ -87,6 +87,7 @@ def test_every_compute_curve_point_composes_to_valid_params(tmp_path):
 
 # The wavelet systems' (method, f, BPE ids, context): what their names say.
 LANGUAGES = {"zerotree": ("zerotree", -1, 0, "none"), "zerotree-context": ("zerotree", -1, 0, "scan"),
+             "zerotree-bpe256": ("zerotree", -1, 256, "none"),
              "zerotree-f2-bpe256": ("zerotree", -2, 256, "none"), "zerotree-f3-bpe256": ("zerotree", -3, 256, "none")}
 
 

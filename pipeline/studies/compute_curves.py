@@ -43,6 +43,11 @@ SYSTEMS = {  # system -> (name in the table and figure, overrides)
     "zerotree-context": ("wavelet: zero-tree, haar, f = -1, scan context",
                          ["wavelet=haar", "tokenizer.method=zerotree", "tokenizer.final_exponent=-1",
                           "tokenizer.bpe_vocab_size=0", "model.context=scan"]),
+    # The BPE study's winner (reports/bpe_tradeoff.md: 256 ids beat no merges at 3e13 FLOPs): the
+    # default's language and ceiling in 76 tokens instead of 359.
+    "zerotree-bpe256": ("wavelet: zero-tree, haar, f = -1, BPE 256",
+                        ["wavelet=haar", "tokenizer.method=zerotree", "tokenizer.final_exponent=-1",
+                         "tokenizer.bpe_vocab_size=256", "model.context=none"]),
     # The frontier's candidates (reports/frontier.md): finer planes with merges, shorter than f = -1
     # unmerged (161 and 269 tokens against 359) at a ceiling near the pixel language's.
     "zerotree-f2-bpe256": ("wavelet: zero-tree, haar, f = -2, BPE 256",
