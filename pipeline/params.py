@@ -184,7 +184,8 @@ class TokenizerParams:
             _refuse(f"0 (off), or {BPE_BASE_VOCAB + 1}..{BPE_MAX_VOCAB}: more ids than the {BPE_BASE_VOCAB} "
                     "of the wavelet language", "bpe_vocab_size")
         if self.bpe_vocab_size and self.method == "pixels":
-            _refuse("0 with tokenizer.method pixels (merges are of wavelet tokens)", "bpe_vocab_size")
+            _refuse("0 with tokenizer.method pixels (merges are of wavelet tokens: add -S tokenizer.bpe_vocab_size=0)",
+                    "bpe_vocab_size")
         return self
 
 

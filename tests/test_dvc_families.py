@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name,overrides,family", [
-    ("pixels", ["tokenizer.method=pixels"], "transformer"),
+    ("pixels", ["tokenizer.method=pixels", "tokenizer.bpe_vocab_size=0"], "transformer"),
     ("diffusion", ["family=diffusion"], "diffusion"),
 ])
 def test_the_baselines_run_through_the_same_stages(small_repo, mirror, name, overrides, family):
@@ -115,7 +115,7 @@ COLOUR = ("-S", "dataset=cifar10_jpeg", "-S", "tokenizer.final_exponent=1", "-S"
 
 @pytest.mark.parametrize("name,overrides,language", [
     ("cifar-wavelet", [], "wavelet"),
-    ("cifar-pixels", ["tokenizer.method=pixels"], "pixels"),
+    ("cifar-pixels", ["tokenizer.method=pixels", "tokenizer.bpe_vocab_size=0"], "pixels"),
     ("cifar-diffusion", ["family=diffusion"], "pixels"),
 ])
 def test_colour_runs_every_stage(small_repo, mirror, name, overrides, language):

@@ -34,7 +34,7 @@ BUDGETS = (1.0e13, 4.0e13, 1.6e14)
 SEEDS = {4.0e13: (0, 1)}  # budgets with a second training seed, to show the seed-to-seed spread
 # The systems pin their language so that they stay what they are named when conf/ changes its default.
 SYSTEMS = {  # system -> (name in the table and figure, overrides)
-    "pixels": ("pixels (4 levels)", ["tokenizer.method=pixels", "tokenizer.pixel_levels=4"]),
+    "pixels": ("pixels (4 levels)", ["tokenizer.method=pixels", "tokenizer.pixel_levels=4", "tokenizer.bpe_vocab_size=0"]),
     "diffusion": ("diffusion (DDPM, DDIM sampling)", ["family=diffusion"]),
     "zerotree": ("wavelet: zero-tree, haar, f = -1",
                  ["wavelet=haar", "tokenizer.method=zerotree", "tokenizer.final_exponent=-1",
