@@ -61,6 +61,15 @@ def mnist_train_coeffs(mnist_raw) -> tuple[np.ndarray, np.ndarray]:
     return coeffs, labels
 
 
+def plain_params() -> dict:
+    """The repository's params.yaml in the contract's plain language (no merges): the base of the
+    unit tests, which test the plain language and the stages over it. The default's merges run end
+    to end in the dvc tests (small_repo) and are tested id by id in test_bpe."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["tokenizer"]["bpe_vocab_size"] = 0
+    return raw
+
+
 def repo_copy(dest: Path) -> Path:
     """A copy of the repository's tracked and untracked-but-not-ignored files, as its own git repo."""
     files = subprocess.run(
@@ -93,7 +102,7 @@ def tokens(mnist_raw, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tokens")
     dwt.run("mnist", "haar", 300, raw=mnist_raw, dwt=root / "dwt", metrics=root / "dwt.json")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = plain_params()
     raw["tokenizer"]["final_exponent"] = -1  # ~430 tokens per image keeps CPU steps quick
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     p = params.load(root / "params.yaml", tokenize_stage.PARAMS)

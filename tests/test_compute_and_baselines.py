@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import plain_params
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline import params
@@ -26,7 +26,7 @@ TINY = {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "unet_channels": [8, 
 
 
 def load_params(tmp_path: Path, **groups) -> params.Params:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = plain_params()
     for group, values in {**TINY, **groups}.items():
         raw[group] = {**raw[group], **values}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO
+from conftest import plain_params
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -246,7 +246,7 @@ def test_a_corrupt_image_stops_the_cli_with_one_line_and_nothing_written(tmp_pat
     _flat(root, ["a/1.png", "a/2.png", "b/1.png", "b/2.png"])
     good = (root / "b" / "2.png").read_bytes()
     (root / "b" / "2.png").write_bytes(good[:len(good) // 2])  # truncated
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = plain_params()
     raw.update(dataset="folder", image={"size": 16, "channels": 3}, folder={"path": str(root), **FOLDER})
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text(yaml.safe_dump(raw))

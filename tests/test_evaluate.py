@@ -17,7 +17,7 @@ from pipeline.languages.encoded import Encoded
 from pipeline.languages.wavelet import WaveletLanguage
 from pipeline.stages import evaluate, train_classifier
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import plain_params
 
 
 def write_fake_samples(path: Path, labels: np.ndarray, images: np.ndarray) -> None:
@@ -31,7 +31,7 @@ def workspace(tmp_path_factory, mnist_raw) -> Path:
     """A trained (1 epoch) classifier, fake samples built from real test images, and the upstream
     stages' reports."""
     root = tmp_path_factory.mktemp("eval")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = plain_params()
     raw["train_classifier"]["epochs"] = 1
     raw["eval"].update(num_samples=100, reference_images=200, kid_subset_size=50)
     (root / "params.yaml").write_text(yaml.safe_dump(raw))

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_stage
+from conftest import run_stage, plain_params
 
 from pipeline import formats, metrics
 from pipeline.io import InputError
@@ -32,7 +32,7 @@ def assert_one_line_error(code: int, out: str, *fragments: str) -> None:
 
 
 def params_file(folder: Path, **groups) -> None:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = plain_params()
     for group, values in groups.items():
         if isinstance(values, dict):
             raw[group].update(values)

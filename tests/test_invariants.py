@@ -32,7 +32,7 @@ from pipeline.models.transformer.task import TokenData
 from pipeline.stages import dwt, train_classifier, tune
 from pipeline.stages import tokenize as tokenize_stage
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import plain_params
 
 
 # ----- the stage calls (keep every path-taking call here) -----
@@ -67,7 +67,7 @@ def raw_split(raw: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def write_params(path: Path, **groups: dict) -> Path:
     """The repository's params.yaml with some groups' keys overridden."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = plain_params()
     for group, values in groups.items():
         raw[group].update(values)
     path.write_text(yaml.safe_dump(raw))

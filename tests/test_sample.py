@@ -21,7 +21,7 @@ from pipeline.models.transformer.network import WaveletGPT, WaveletGPTConfig
 from pipeline.models.transformer.sampler import draw_initial_exponents
 from pipeline.stages import sample as sample_stage
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, plain_params
 
 
 def untrained(method="zeroblock", final_exponent=-1, **kw) -> WaveletGPT:
@@ -162,7 +162,7 @@ def test_initial_exponents_follow_the_class_counts():
 def model_dir(tmp_path) -> Path:
     model = untrained(final_exponent=0)
     model.save_pretrained(tmp_path / "data" / "model")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = plain_params()
     raw["sample"].update(classes=[1, 7], per_class=3, batch_size=4, seed=5)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     return tmp_path

@@ -14,7 +14,7 @@ from pipeline.languages import coder
 from pipeline.stages import dwt
 from pipeline.stages import tokenize as tokenize_stage
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import plain_params
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def _outputs(folder: Path) -> dict[str, Path]:
 
 
 def _params(tmp_path: Path, **tokenizer) -> params.Params:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = plain_params()
     raw["tokenizer"].update(tokenizer)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))

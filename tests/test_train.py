@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_stage
+from conftest import REPO, run_stage, plain_params
 from safetensors.torch import load_file
 
 from pipeline import formats, params
@@ -32,7 +32,7 @@ TINY_TRAIN = {"steps": 12, "batch_size": 8, "log_every": 2, "eval_every": 4, "ev
 
 def workdir(tmp_path: Path, tokens: Path, model=None, train=None) -> Path:
     """A directory laid out like the repository for `python -m pipeline train`."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = plain_params()
     raw["model"].update(TINY_MODEL, **(model or {}))
     raw["train"].update(TINY_TRAIN, **(train or {}))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
