@@ -94,7 +94,8 @@ def test_a_users_grey_folder_at_another_size_runs_every_stage(small_repo, mirror
     assert np.load(small_repo / "data/raw/folder/train_images.npy").shape[1:] == (16, 16)
     meta = json.loads((small_repo / "data/tokens/meta.json").read_text())
     assert meta["classes"] == ["bar", "column", "disc"] and meta["n_classes"] == 3
-    assert (meta["language"]["image_height"], meta["language"]["image_width"], meta["language"]["size"]) == (16, 16, 16)
+    language = meta["language"].get("base", meta["language"])  # the default merges: its base language
+    assert (language["image_height"], language["image_width"], language["size"]) == (16, 16, 16)
     samples = read_samples(small_repo / "data/samples/samples.parquet", 16, 16, 1)
     assert samples.images.shape[1:] == (16, 16) and set(samples.labels.tolist()) == {0, 1}
     metrics = json.loads((small_repo / "reports/metrics.json").read_text())
@@ -114,7 +115,7 @@ COLOUR = ("-S", "dataset=cifar10_jpeg", "-S", "tokenizer.final_exponent=1", "-S"
 
 
 @pytest.mark.parametrize("name,overrides,language", [
-    ("cifar-wavelet", [], "wavelet"),
+    ("cifar-wavelet", [], "bpe"),  # the default merges the colour wavelet language
     ("cifar-pixels", ["tokenizer.method=pixels", "tokenizer.bpe_vocab_size=0"], "pixels"),
     ("cifar-diffusion", ["family=diffusion"], "pixels"),
 ])
@@ -131,7 +132,9 @@ def test_colour_runs_every_stage(small_repo, mirror, name, overrides, language):
               *[arg for o in overrides for arg in ("-S", o)], mirror=mirror)
     assert {"tokenize", "train", "sample", "tune", "complete", "evaluate"} <= ran(out), out
     meta = json.loads((small_repo / "data/tokens/meta.json").read_text())
-    assert meta["language"]["family"] == language and meta["language"]["chroma"] == "half"
+    base = meta["language"].get("base", meta["language"])
+    assert (meta["language"]["family"], base["family"], base["chroma"]) == (
+        language, "wavelet" if language == "bpe" else language, "half")
     shard = next((small_repo / "data/tokens/train").glob("*.parquet"))
     assert "component" in pq.read_schema(shard).names
     samples = read_samples(small_repo / "data/samples/samples.parquet", 32, 32, 3)
