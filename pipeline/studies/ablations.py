@@ -25,7 +25,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-BUDGET = 4.0e13  # training FLOPs per row: about 590 steps of the default model, 5-6 minutes on 2 cores
+BUDGET = 4.0e13  # training FLOPs per row: about 590 steps of the pinned zero-block model, 5-6 minutes on 2 cores
 PINNED = ["wavelet=haar", "tokenizer.method=zeroblock", "tokenizer.final_exponent=-1", "tokenizer.bpe_vocab_size=0",
           "model.context=none"]
 ROWS = {  # row -> (name in the table, the overrides on top of the pinned default)

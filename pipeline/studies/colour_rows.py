@@ -36,8 +36,8 @@ SYSTEMS = {  # system -> (name in the table, overrides); each pins its language
     "wavelet": ("wavelet: zero-tree, haar, f = -4 / chroma -3, BPE 256",
                 ["wavelet=haar", "tokenizer.method=zerotree", "tokenizer.final_exponent=-4",
                  "tokenizer.chroma_final_exponent=-3", "tokenizer.bpe_vocab_size=256", "model.context=none"]),
-    "pixels": ("pixels (8 levels per RGB channel)", ["tokenizer.method=pixels", "tokenizer.pixel_levels=8",
-                                              "tokenizer.bpe_vocab_size=0"]),
+    "pixels": ("pixels (8 levels per RGB channel)",
+               ["tokenizer.method=pixels", "tokenizer.pixel_levels=8", "tokenizer.bpe_vocab_size=0"]),
     "diffusion": ("diffusion (DDPM, DDIM sampling)", ["family=diffusion"]),
 }
 SHARED = [
