@@ -66,14 +66,14 @@ def pixel_tokens(mnist_raw, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("pixels")
     dwt.run("mnist", "haar", 200, raw=mnist_raw, dwt=root / "dwt", metrics=root / "dwt.json")
-    p = load_params(root, tokenizer={"method": "pixels", "pixel_levels": 256, "bpe_vocab_size": 0})
+    p = load_params(root, tokenizer={"method": "pixels", "pixel_levels": 256})
     tokenize_stage.run(p, dwt=root / "dwt", tokens=root / "tokens", metrics=root / "t.json",
                        length_histogram=root / "fig" / "lengths.png", progressive=root / "fig" / "progressive.png")
     return root / "tokens"
 
 
 def test_diffusion_trains_counts_its_flops_and_samples_exact_pixel_sequences(tmp_path, pixel_tokens):
-    p = load_params(tmp_path, model={"family": "diffusion"}, tokenizer={"method": "pixels", "pixel_levels": 256, "bpe_vocab_size": 0})
+    p = load_params(tmp_path, model={"family": "diffusion"}, tokenizer={"method": "pixels", "pixel_levels": 256})
     paths = {"tokens": pixel_tokens, "checkpoints": tmp_path / "ck", "model": tmp_path / "model",
              "metrics": tmp_path / "live/metrics.json", "plots": tmp_path / "live/plots/metrics"}
     metrics = train_stage.run(p, "cpu", **paths)

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import plain_params
 from pipeline import metrics as metrics_mod
 from pipeline import params
 from pipeline.formats import read_samples, write_samples
 from pipeline.languages.encoded import Encoded
 from pipeline.languages.wavelet import WaveletLanguage
 from pipeline.stages import evaluate, train_classifier
-
-from conftest import plain_params
 
 
 def write_fake_samples(path: Path, labels: np.ndarray, images: np.ndarray) -> None:

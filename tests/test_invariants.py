@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import plain_params
 from pipeline import formats, metrics, params
 from pipeline.idx import load_split
 from pipeline.languages.base import from_description
@@ -31,8 +32,6 @@ from pipeline.models.transformer.network import Decoder, WaveletGPT, WaveletGPTC
 from pipeline.models.transformer.task import TokenData
 from pipeline.stages import dwt, train_classifier, tune
 from pipeline.stages import tokenize as tokenize_stage
-
-from conftest import plain_params
 
 
 # ----- the stage calls (keep every path-taking call here) -----

@@ -14,14 +14,13 @@ import pytest
 import torch
 import yaml
 
+from conftest import REPO, plain_params
 from pipeline import formats, generation, params
 from pipeline.languages import coder
 from pipeline.languages.wavelet import WaveletLanguage
 from pipeline.models.transformer.network import WaveletGPT, WaveletGPTConfig
 from pipeline.models.transformer.sampler import draw_initial_exponents
 from pipeline.stages import sample as sample_stage
-
-from conftest import REPO, plain_params
 
 
 def untrained(method="zeroblock", final_exponent=-1, **kw) -> WaveletGPT:

@@ -9,12 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from conftest import plain_params
 from pipeline import formats, params
 from pipeline.languages import coder
 from pipeline.stages import dwt
 from pipeline.stages import tokenize as tokenize_stage
-
-from conftest import plain_params
 
 
 @pytest.fixture(scope="module")
