@@ -64,7 +64,7 @@ def test_bpe_tradeoff_table_and_figure(tmp_path, monkeypatch):
 
 def test_every_compute_curve_point_composes_to_valid_params(tmp_path):
     """Each system's overrides, composed as `dvc exp run -S` composes them, give params every stage
-    accepts, at the point's budget and seed, in the language the system is named for."""
+    accepts, at the point's budget, seed and precision, in the language the system is named for."""
     import yaml
     from dvc.utils.hydra import compose_and_dump
     from conftest import REPO
@@ -77,12 +77,14 @@ def test_every_compute_curve_point_composes_to_valid_params(tmp_path):
         compose_and_dump(out, str(REPO / "conf"), None, "config", str(tmp_path),
                          compute_curves.overrides(system, 4e13, seed=1))
         p = params.load(out, params.ALL_KEYS)
-        assert (p.train.flops, p.train.seed) == (4e13, 1), system
+        assert (p.train.flops, p.train.seed, p.train.precision) == (4e13, 1, "bf16"), system
         language = (p.tokenizer.method, p.tokenizer.final_exponent, p.tokenizer.bpe_vocab_size, p.model.context)
         assert language == (LANGUAGES[system] if system.startswith("zerotree") else language), system
         assert yaml.safe_load(out.read_text())["model"]["family"] == (
             "diffusion" if system == "diffusion" else "transformer"), system
     assert compute_curves.overrides("pixels", 1e13)[:2] == ["tokenizer.method=pixels", "tokenizer.pixel_levels=4"]
+    compose_and_dump(out, str(REPO / "conf"), None, "config", str(tmp_path), compute_curves.overrides(system, 1.6e14))
+    assert params.load(out, params.ALL_KEYS).train.precision == "fp32"
 
 
 # The wavelet systems' (method, f, BPE ids, context): what their names say.
@@ -100,7 +102,7 @@ def test_compute_curves_keep_recorded_points_and_prefer_this_clones_experiments(
 
     def experiment(fid: float, budget: float, seed: int) -> dict:
         metrics = _metrics(fid)
-        return {"metrics": metrics, "params": {"train": {"flops": budget, "seed": seed}}, "baseline": "abc1234",
+        return {"metrics": metrics, "params": {"train": {"flops": budget, "seed": seed, "precision": "bf16"}}, "baseline": "abc1234",
                 "files": {"reports/metrics.json": metrics, "reports/train/metrics.json": {"steps": 300}}}
 
     record = tmp_path / "c.json"
