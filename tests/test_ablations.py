@@ -102,7 +102,8 @@ def test_compute_curves_keep_recorded_points_and_prefer_this_clones_experiments(
 
     def experiment(fid: float, budget: float, seed: int) -> dict:
         metrics = _metrics(fid)
-        return {"metrics": metrics, "params": {"train": {"flops": budget, "seed": seed, "precision": "bf16"}}, "baseline": "abc1234",
+        return {"metrics": metrics, "params": {"train": {"flops": budget, "seed": seed, "precision": "bf16"}},
+                "baseline": "abc1234", "rev": f"rev-{budget:g}",
                 "files": {"reports/metrics.json": metrics, "reports/train/metrics.json": {"steps": 300}}}
 
     record = tmp_path / "c.json"
@@ -111,7 +112,12 @@ def test_compute_curves_keep_recorded_points_and_prefer_this_clones_experiments(
     record.write_text(json.dumps(recorded))
     monkeypatch.setattr(compute_curves, "experiments", lambda: {"cc-zerotree-4e13": experiment(250.0, 4e13, 0),
                                                                 "cc-zerotree-1e13-s1": experiment(400.0, 1e13, 1)})
-    compute_curves.table(tmp_path / "c.md", tmp_path / "c.png", record)
+    copied = []
+    monkeypatch.setattr(compute_curves, "copy_samples_figure",
+                        lambda rev, path: (copied.append(rev), path.write_bytes(b"png")))
+    compute_curves.table(tmp_path / "c.md", tmp_path / "c.png", record, samples=tmp_path / "samples")
+    assert copied == ["rev-1e+13", "rev-4e+13"]
+    assert ": cc-zerotree-1e13-s1, cc-zerotree-4e13." in (tmp_path / "c.md").read_text()
     rows = [line for line in (tmp_path / "c.md").read_text().splitlines() if line.startswith("| ")][1:]
     assert [r.split(" | ")[0] for r in rows] == ["| pixels (4 levels)"] + ["| wavelet: zero-tree, haar, f = -1"] * 2
     assert "| 120.0 |" in rows[0] and "| 400.0 |" in rows[1] and "| 250.0 |" in rows[2] and "300.0" not in rows[2]
@@ -119,7 +125,7 @@ def test_compute_curves_keep_recorded_points_and_prefer_this_clones_experiments(
     assert sorted((r["system"], r["budget"], r["seed"], r["generated_inception"]) for r in kept) == [
         ("pixels", 4e13, 0, 120.0), ("zerotree", 1e13, 1, 400.0), ("zerotree", 4e13, 0, 250.0)]
     monkeypatch.setattr(compute_curves, "experiments", lambda: {})  # a new clone: the record alone
-    compute_curves.table(tmp_path / "d.md", tmp_path / "d.png", record)
+    compute_curves.table(tmp_path / "d.md", tmp_path / "d.png", record, samples=tmp_path / "samples")
     assert (tmp_path / "d.md").read_text().split("\n", 1)[1] == (tmp_path / "c.md").read_text().split("\n", 1)[1]
 
 
@@ -149,7 +155,8 @@ def test_colour_rows_compose_to_their_languages_and_regenerate_from_the_record(t
 
     def experiment(fid: float, system: str) -> dict:
         metrics = _metrics(fid, steps=25 if system == "diffusion" else None)
-        return {"metrics": metrics, "params": {"train": {"flops": 4e13, "seed": 0}}, "baseline": "abc1234",
+        return {"metrics": metrics, "params": {"train": {"flops": 4e13, "seed": 0, "precision": "fp32"}},
+                "baseline": "abc1234",
                 "rev": f"rev-{system}", "files": {"reports/metrics.json": metrics,
                                                   "reports/train/metrics.json": {"steps": 300},
                                                   "reports/tokenize.json": {"test": {"length_mean": 442.0}}}}

@@ -27,7 +27,7 @@ from typing import Annotated
 import typer
 
 from .ablations import experiments, fmt, quality_bars
-from .compute_curves import LIGHT, row
+from .compute_curves import LIGHT, copy_samples_figure, row
 
 BUDGET = 4.0e13  # the pixel row's training is about an hour of one AVX2 core in fp32
 SYSTEMS = {  # system -> (name in the table, overrides); each pins its language
@@ -54,7 +54,6 @@ SHARED = [
 ]
 PREFIX = "cifar-"
 REPORTS = Path("reports/cifar10_jpeg")
-EVALUATE_FIGURE = "reports/evaluate/real_vs_generated.png"
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
@@ -86,12 +85,6 @@ def colour_row(system: str, exp: dict) -> dict:
     tokenized = exp["files"].get("reports/tokenize.json") or {}
     return {**row(system, exp), "decoding": exp["metrics"]["tuned"]["decoding"],
             "tokens_per_image": (tokenized.get("test") or {}).get("length_mean")}
-
-
-def copy_samples_figure(rev: str, path: Path) -> None:
-    """The experiment's own per-class figure of real, tokenized, generated and tuned samples."""
-    path.write_bytes(subprocess.run(["git", "show", f"{rev}:{EVALUATE_FIGURE}"], check=True,
-                                    capture_output=True).stdout)
 
 
 def collect(record: Path, figures: Path) -> list[dict]:
