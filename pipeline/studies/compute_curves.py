@@ -8,7 +8,8 @@ ceiling and real data.
 Every point is an experiment named `cc-<system>-<budget>` (`-s<seed>` for other training seeds),
 run from the same conf/ through the same stages with `train.flops` set (FLOPs counted with
 FlopCounterMode, as in the ablation table); the table is built from DVC's own records
-(`dvc exp show --json`), so what it says is what ran, and each row names the commit it ran from.
+(`dvc exp show --json`), so what it says is what ran, and each row names the commit it ran from;
+each experiment's samples figure is copied into reports/compute_curves/.
 Experiments live in one clone's git refs, so `table` also keeps every finished point's row in
 reports/compute_curves.json: a new clone regenerates the table from that record, and points it
 runs itself join it (its own experiment wins over a recorded row of the same point).
