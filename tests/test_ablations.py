@@ -83,8 +83,10 @@ def test_every_compute_curve_point_composes_to_valid_params(tmp_path):
         assert yaml.safe_load(out.read_text())["model"]["family"] == (
             "diffusion" if system == "diffusion" else "transformer"), system
     assert compute_curves.overrides("pixels", 1e13)[:2] == ["tokenizer.method=pixels", "tokenizer.pixel_levels=4"]
-    compose_and_dump(out, str(REPO / "conf"), None, "config", str(tmp_path), compute_curves.overrides(system, 1.6e14))
-    assert params.load(out, params.ALL_KEYS).train.precision == "fp32"
+    fp32_point = tmp_path / "pixels-1.6e14.yaml"
+    compose_and_dump(fp32_point, str(REPO / "conf"), None, "config", str(tmp_path),
+                     compute_curves.overrides("pixels", 1.6e14))
+    assert params.load(fp32_point, params.ALL_KEYS).train.precision == "fp32"
 
 
 # The wavelet systems' (method, f, BPE ids, context): what their names say.
